@@ -1,0 +1,307 @@
+"""Representation metrics for deep RL networks: ranks, dormant, dead and saturated units.
+
+Pure functions on torch tensors (CPU or CUDA input; singular values in float64), plus
+`probe`, which collects every hidden layer of a network with forward hooks and returns a flat
+`{tag: float}` dict ready for `SummaryWriter.add_scalar`. Definitions follow DESIGN.md section 4.
+
+Conventions:
+- `features` is the uncentered `N x d` matrix of a layer's outputs (N states, d units).
+- `activations` is `N x units` or `N x C x H x W`; conv layers are scored per channel.
+- A Hadamard (HR) layer is any module with `branch_a` and `branch_b` submodules whose last child is
+  an activation module; its output is `act(z_a) * act(z_b)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.GELU: "gelu"}
+SATURATING = ("tanh", "sigmoid")
+SATURATION_THRESHOLD = 0.99
+
+
+# ----------------------------------------------------------------------------- input checks
+def _checked(x: torch.Tensor, name: str, dims: tuple[int, ...]) -> torch.Tensor:
+    """`x` as a float64 tensor, after checking its dimensions, row count and finiteness."""
+    x = torch.as_tensor(x)
+    if x.dim() not in dims:
+        raise ValueError(f"{name} must be {' or '.join(f'{d}-D' for d in dims)}, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has zero rows (shape {tuple(x.shape)}); need at least one state")
+    x = x.detach().to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+def singular_values(features: torch.Tensor) -> torch.Tensor:
+    """Singular values of the `N x d` feature matrix, descending, in float64."""
+    return torch.linalg.svdvals(_checked(features, "features", (2,)))
+
+
+# ----------------------------------------------------------------------------- ranks from singular values
+# Each rank is computed from singular values `s` (descending, float64) so that the probe takes one
+# SVD per layer; the public functions below wrap these for a feature matrix.
+def _srank(s: torch.Tensor, delta: float) -> int:
+    total = s.sum()
+    if total <= 0:
+        return 0
+    # `>=` with plain singular values, as Kumar et al. 2021.
+    return int((torch.cumsum(s, 0) / total < 1.0 - delta).sum().item()) + 1
+
+
+def _effective_rank(s: torch.Tensor) -> float:
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    p = p[p > 0]  # 0 log 0 = 0
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def _feature_rank(s: torch.Tensor, num_rows: int, eps: float) -> int:
+    return int((s / math.sqrt(num_rows) > eps).sum().item())
+
+
+def _stable_rank(s: torch.Tensor) -> float:
+    if s.numel() == 0 or s[0] <= 0:
+        return 0.0
+    return ((s**2).sum() / s[0] ** 2).item()
+
+
+def srank(features: torch.Tensor, delta: float = 0.01) -> int:
+    """Effective rank of Kumar et al. 2021 ("Implicit Under-Parameterization", ICLR 2021).
+
+    srank_delta(F) = min { k : sum_{i<=k} s_i / sum_i s_i >= 1 - delta }, with `s` the singular
+    values of `F` (plain, not squared). All-zero features give 0.
+    """
+    return _srank(singular_values(features), delta)
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    """Effective rank of Roy & Vetterli 2007 ("The effective rank", EUSIPCO 2007).
+
+    erank(F) = exp(-sum_i p_i log p_i), p_i = s_i / sum_j s_j, with 0 log 0 = 0. All-zero gives 0.
+    """
+    return _effective_rank(singular_values(features))
+
+
+def feature_rank(features: torch.Tensor, eps: float = 0.01) -> int:
+    """Approximate feature rank of Lyle et al. 2022 ("Understanding and Preventing Capacity Loss", ICLR 2022).
+
+    feature_rank(F) = |{ i : s_i / sqrt(N) > eps }| for an `N x d` matrix `F`.
+    """
+    x = _checked(features, "features", (2,))
+    return _feature_rank(torch.linalg.svdvals(x), x.shape[0], eps)
+
+
+def stable_rank(features: torch.Tensor) -> float:
+    """Stable rank (Rudelson & Vershynin 2007): sum_i s_i^2 / s_1^2 = ||F||_F^2 / ||F||_2^2. All-zero gives 0."""
+    return _stable_rank(singular_values(features))
+
+
+def feature_norm(features: torch.Tensor) -> float:
+    """Mean L2 norm of the rows of `F`: (1/N) sum_n ||F_n||_2 (Lyle et al. 2024, "Disentangling the causes of plasticity loss")."""
+    return _checked(features, "features", (2,)).norm(dim=1).mean().item()
+
+
+# ----------------------------------------------------------------------------- unit-level metrics
+def _per_unit(x: torch.Tensor) -> torch.Tensor:
+    """`units x samples` view: a unit is a column of `N x d`, or a channel of `N x C x H x W` (all states and positions)."""
+    return x.T if x.dim() == 2 else x.transpose(0, 1).flatten(1)
+
+
+def dormant_fraction(activations: torch.Tensor, tau: float = 0.025) -> float:
+    """Fraction of tau-dormant units of Sokar et al. 2023 ("The Dormant Neuron Phenomenon in Deep RL", ICML 2023).
+
+    score_i = E_x|a_i(x)| / (mean_j E_x|a_j(x)| + 1e-9); unit i is dormant when score_i <= tau
+    (tau = 0: exactly zero). For `N x C x H x W` maps a unit is a channel (mean over x and space).
+    """
+    a = _checked(activations, "activations", (2, 4))
+    per_unit = _per_unit(a).abs().mean(dim=1)
+    score = per_unit / (per_unit.mean() + 1e-9)
+    return (score <= tau).double().mean().item()
+
+
+def activation_derivative(pre_activation: torch.Tensor, activation: str) -> torch.Tensor:
+    """act'(z) for tanh (1 - tanh^2), sigmoid (s(1 - s)), relu (1 where z > 0) and exact gelu (Phi(z) + z phi(z))."""
+    z = pre_activation
+    if activation == "tanh":
+        return 1.0 - torch.tanh(z) ** 2
+    if activation == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1.0 - s)
+    if activation == "relu":
+        return (z > 0).to(z.dtype)
+    if activation == "gelu":
+        return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0))) + z * torch.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
+    raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS.values())}")
+
+
+def _activation(z: torch.Tensor, activation: str) -> torch.Tensor:
+    return {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu, "gelu": nn.functional.gelu}[activation](z)
+
+
+def dead_fraction(
+    pre_activation: torch.Tensor,
+    activation: str = "tanh",
+    eps_grad: float = 0.02,
+    pre_activation_b: torch.Tensor | None = None,
+) -> float:
+    """Fraction of units through which no gradient flows on any probe state (DESIGN.md section 4).
+
+    Plain unit a = act(z): dead when |act'(z)| < eps_grad on every state (tanh: 1 - a^2 < eps,
+    i.e. |a| > 0.99 at eps = 0.02; relu: output 0 on every state).
+    HR unit h = act(z_a) * act(z_b) (give `pre_activation_b`): dead when both partial derivatives
+    |act'(z_a) * act(z_b)| and |act(z_a) * act'(z_b)| are < eps_grad on every state.
+    Conv maps (`N x C x H x W`) are scored per channel: every state and every position.
+    Saturated tanh units turn their outgoing weights into a fixed bias (Kooi et al., arXiv 2406.09079).
+    """
+    za = _checked(pre_activation, "pre_activation", (2, 4))
+    if pre_activation_b is None:
+        blocked = activation_derivative(za, activation).abs() < eps_grad
+    else:
+        zb = _checked(pre_activation_b, "pre_activation_b", (2, 4))
+        if zb.shape != za.shape:
+            raise ValueError(f"HR branches differ in shape: {tuple(za.shape)} vs {tuple(zb.shape)}")
+        grad_a = activation_derivative(za, activation) * _activation(zb, activation)
+        grad_b = _activation(za, activation) * activation_derivative(zb, activation)
+        blocked = (grad_a.abs() < eps_grad) & (grad_b.abs() < eps_grad)
+    return _per_unit(blocked).all(dim=1).double().mean().item()
+
+
+def saturation_fraction(activations: torch.Tensor, activation: str = "tanh") -> float:
+    """Fraction of units saturated on every probe state: tanh |a| > 0.99; sigmoid a < 0.01 or a > 0.99.
+
+    For an HR layer, call it on each branch's activations. Defined for saturating activations only.
+    """
+    if activation not in SATURATING:
+        raise ValueError(f"saturation_fraction is defined for {SATURATING}, not {activation!r}")
+    a = _checked(activations, "activations", (2, 4))
+    if activation == "tanh":
+        saturated = a.abs() > SATURATION_THRESHOLD
+    else:
+        saturated = (a < 1.0 - SATURATION_THRESHOLD) | (a > SATURATION_THRESHOLD)
+    return _per_unit(saturated).all(dim=1).double().mean().item()
+
+
+# ----------------------------------------------------------------------------- the probe
+def activation_name(module: nn.Module) -> str:
+    """The name of an activation module (`nn.Tanh` -> "tanh", ...)."""
+    for cls, name in ACTIVATIONS.items():
+        if isinstance(module, cls):
+            return name
+    raise ValueError(f"{type(module).__name__} is not a supported activation module ({', '.join(c.__name__ for c in ACTIVATIONS)})")
+
+
+def is_hadamard(module: nn.Module) -> bool:
+    """An HR layer: a module with `branch_a` and `branch_b`, each ending in an activation module."""
+    return hasattr(module, "branch_a") and hasattr(module, "branch_b")
+
+
+def layer_metrics(
+    output: torch.Tensor,
+    pre_activation: torch.Tensor,
+    activation: str,
+    branch_a: tuple[torch.Tensor, torch.Tensor] | None = None,
+    branch_b: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eps_grad: float = 0.02,
+    tau: float = 0.025,
+    delta: float = 0.01,
+) -> dict[str, float]:
+    """Every metric of one hidden layer. `output` is `N x d` or `N x C x H x W`.
+
+    For an HR layer give `branch_a` and `branch_b` as (pre_activation, activation) pairs; then
+    `pre_activation` is ignored. Rank metrics of a conv map use its per-channel spatial mean (`N x C`),
+    the unit that dormant and dead fractions score.
+    """
+    output = _checked(output, "output", (2, 4))
+    features = output if output.dim() == 2 else output.mean(dim=(2, 3))
+    s = singular_values(features)
+    metrics = {
+        "srank": float(_srank(s, delta)),
+        "effective_rank": _effective_rank(s),
+        "feature_rank": float(_feature_rank(s, features.shape[0], 0.01)),
+        "stable_rank": _stable_rank(s),
+        "feature_norm": features.norm(dim=1).mean().item(),
+        "dormant_fraction": dormant_fraction(output, tau),
+    }
+    if branch_a is None:
+        metrics["dead_fraction"] = dead_fraction(pre_activation, activation, eps_grad)
+        if activation in SATURATING:
+            metrics["saturation_fraction"] = saturation_fraction(output, activation)
+        return metrics
+    metrics["dead_fraction"] = dead_fraction(branch_a[0], activation, eps_grad, pre_activation_b=branch_b[0])
+    for suffix, (pre, out) in (("a", branch_a), ("b", branch_b)):
+        # A branch's units die like plain units; the product survives while the other branch passes gradient.
+        metrics[f"dead_fraction_{suffix}"] = dead_fraction(pre, activation, eps_grad)
+        if activation in SATURATING:
+            metrics[f"saturation_fraction_{suffix}"] = saturation_fraction(out, activation)
+    if activation in SATURATING:
+        metrics["saturation_fraction"] = (metrics["saturation_fraction_a"] + metrics["saturation_fraction_b"]) / 2
+    return metrics
+
+
+def probe(
+    model: nn.Module,
+    obs: torch.Tensor,
+    layers: dict[str, nn.Module],
+    representation: str,
+    forward: Callable[[torch.Tensor], object] | None = None,
+    eps_grad: float = 0.02,
+    tau: float = 0.025,
+    delta: float = 0.01,
+) -> dict[str, float]:
+    """Representation metrics of every hidden layer of `model` on the probe batch `obs`.
+
+    `layers` maps a layer name to its activation module (a plain layer) or to its HR module
+    (`branch_a`, `branch_b`); `forward(obs)` (default `model(obs)`) runs once under `torch.no_grad()`
+    with forward hooks on those modules. Returns `{"representation/<layer>/<metric>": value}` for every
+    layer and `{"representation/<metric>": value}` for the layer named `representation`
+    (DESIGN.md section 5), ready for `SummaryWriter.add_scalar`.
+    """
+    if representation not in layers:
+        raise ValueError(f"representation layer {representation!r} is not among the probed layers {list(layers)}")
+    captured: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def capture(key):
+        def hook(module, inputs, output):
+            captured[key] = (inputs[0].detach(), output.detach())
+
+        return hook
+
+    hooks = []
+    for name, module in layers.items():
+        if is_hadamard(module):
+            hooks.append(module.branch_a[-1].register_forward_hook(capture((name, "a"))))
+            hooks.append(module.branch_b[-1].register_forward_hook(capture((name, "b"))))
+        hooks.append(module.register_forward_hook(capture((name, "out"))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            (forward or model)(obs)
+    finally:
+        for handle in hooks:
+            handle.remove()
+        model.train(was_training)
+
+    tags = {}
+    for name, module in layers.items():
+        pre_activation, output = captured[(name, "out")]
+        if is_hadamard(module):
+            activation = activation_name(module.branch_a[-1])
+            if activation_name(module.branch_b[-1]) != activation:
+                raise ValueError(f"HR layer {name!r} mixes activations; both branches must use the same one")
+            metrics = layer_metrics(output, None, activation, captured[(name, "a")], captured[(name, "b")], eps_grad, tau, delta)
+        else:
+            metrics = layer_metrics(output, pre_activation, activation_name(module), eps_grad=eps_grad, tau=tau, delta=delta)
+        for metric, value in metrics.items():
+            tags[f"representation/{name}/{metric}"] = value
+            if name == representation:
+                tags[f"representation/{metric}"] = value
+    return tags

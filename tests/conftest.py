@@ -1,0 +1,59 @@
+"""Shared test helpers: run a training script end to end in a temporary folder, read its TensorBoard events back."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Two cores on CI: one torch thread per script keeps the env threads and torch from fighting.
+SCRIPT_ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+
+
+def run_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python <script> <args>` in `cwd`, capturing its output."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_ok(script: str, *args: str, cwd: Path) -> Path:
+    """Run a script that must succeed; return its single run directory under `cwd/runs`."""
+    result = run_script(script, *args, cwd=cwd)
+    assert result.returncode == 0, f"{script} {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    run_dirs = sorted((cwd / "runs").iterdir())
+    assert len(run_dirs) == 1, run_dirs
+    return run_dirs[0]
+
+
+def run_fails(script: str, *args: str, cwd: Path) -> str:
+    """Run a script that must stop with one clear line and a non-zero exit, writing no run directory; return that line."""
+    result = run_script(script, *args, cwd=cwd)
+    assert result.returncode != 0, result.stdout
+    assert not (cwd / "runs").exists(), "a failed start must not leave a run directory"
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the run's TensorBoard event files: {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def read_config(run_dir: Path) -> dict:
+    return json.loads((run_dir / "config.json").read_text())
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
