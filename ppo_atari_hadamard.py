@@ -1,0 +1,583 @@
+# PPO on Atari with a Hadamard representation (Kooi et al., arXiv 2406.09079), after CleanRL's ppo_atari.py.
+# Usage: python ppo_atari_hadamard.py --env-id BreakoutNoFrameskip-v4 --hadamard
+import difflib
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+import tyro
+from ale_py.env import AtariEnv
+from ale_py.roms import get_all_rom_ids
+from ale_py.vector_env import AtariVectorEnv
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+import common_metrics
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "hadamard-atari"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to record videos of the evaluation episodes to `videos/<run_name>/`"""
+    save_model: bool = False
+    """whether to save the model to `runs/<run_name>/` and then evaluate it"""
+    eval_episodes: int = 10
+    """the number of whole games played by the evaluation after training"""
+    eval_model: Optional[str] = None
+    """skip training: load this model file and evaluate it"""
+    run_name: Optional[str] = None
+    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`)"""
+
+    # Environment
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """the id of the environment: `BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5`"""
+    repeat_action_probability: Optional[float] = None
+    """sticky actions (default: 0.25 for `ALE/...-v5` ids, 0.0 otherwise)"""
+    env_threads: int = 0
+    """the number of C++ threads stepping the envs (0: one per env, up to the cores)"""
+
+    # Representation
+    activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
+    """the activation of the representation layer"""
+    hadamard: bool = False
+    """make the representation the element-wise product of two independent layers"""
+    param_matched: bool = False
+    """widen the plain representation to the parameter count of the Hadamard network"""
+    metrics_interval: int = 50_000
+    """log representation metrics every this many environment steps"""
+    metrics_batch_size: int = 256
+    """the number of rollout states the representation metrics are computed on"""
+
+    # Algorithm specific arguments
+    total_timesteps: int = 10_000_000
+    """total timesteps of the experiments"""
+    learning_rate: float = 2.5e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 8
+    """the number of parallel game environments"""
+    num_steps: int = 128
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """Toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 4
+    """the number of mini-batches"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """Toggles advantages normalization"""
+    clip_coef: float = 0.1
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """Toggles whether or not to use a clipped loss for the value function"""
+    ent_coef: float = 0.01
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: Optional[float] = None
+    """the target KL divergence threshold"""
+    compile: bool = False
+    """compile the update step with torch.compile"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+def fail(message: str):
+    """Bad input: one clear line on stderr and a non-zero exit, before any output is written."""
+    sys.exit(f"error: {message}")
+
+
+def check_args(args: Args):
+    """Settings that cannot work together stop here, before anything is written."""
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "metrics_interval", "metrics_batch_size"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.eval_episodes < 0:
+        fail(f"--eval-episodes must be zero or positive, got {args.eval_episodes}")
+    batch_size = args.num_envs * args.num_steps
+    if batch_size % args.num_minibatches:
+        fail(f"--num-minibatches {args.num_minibatches} does not divide the batch of {batch_size} (num-envs x num-steps)")
+    if args.total_timesteps < batch_size and args.eval_model is None:
+        fail(f"--total-timesteps {args.total_timesteps} is less than one batch of {batch_size} (num-envs x num-steps)")
+    if args.hadamard and args.param_matched:
+        fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
+    if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
+        fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
+
+
+def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tuple[str, float]:
+    """`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5` -> (ALE ROM id, sticky-action probability)."""
+    match = re.fullmatch(r"(ALE/)?([A-Za-z0-9]+?)(NoFrameskip)?-v[45]", env_id)
+    roms = {rom.replace("_", ""): rom for rom in get_all_rom_ids()}
+    if match is None or match.group(2).lower() not in roms:
+        names = ["".join(part.capitalize() for part in rom.split("_")) for rom in roms.values()]
+        name = match.group(2) if match else env_id
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(f'{n}NoFrameskip-v4' for n in close)}?" if close else ""
+        fail(f"unknown Atari game in env id {env_id!r} (expected e.g. BreakoutNoFrameskip-v4, ALE/Breakout-v5 or Breakout-v5){hint}")
+    if repeat_action_probability is None:
+        repeat_action_probability = 0.25 if match.group(1) else 0.0
+    return roms[match.group(2).lower()], repeat_action_probability
+
+
+def make_env(rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30) -> AtariVectorEnv:
+    """Nature-DQN preprocessing in ale-py's C++ vector env: 30 noop starts, fire reset, frame skip 4 with
+    max-pool, 84x84 grayscale, 4-frame stack. A life loss is `terminated` while the game goes on
+    (`life_loss_info`); rewards stay raw so that episodic returns are game scores."""
+    return AtariVectorEnv(
+        rom,
+        num_envs,
+        num_threads=num_threads,
+        noop_max=noop_max,
+        repeat_action_probability=repeat_action_probability,
+        episodic_life=False,
+        life_loss_info=True,
+        reward_clipping=False,
+    )
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE for one native frame after reset, as the vector env's `use_fire_reset` does."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if "FIRE" in self.env.unwrapped.get_action_meanings():
+            obs, _, _, _, info = self.env.step(self.env.unwrapped.get_action_meanings().index("FIRE"))
+        return obs, info
+
+
+def make_eval_env(rom: str, repeat_action_probability: float, noop_max: int = 30, video_folder: Optional[str] = None) -> gym.Env:
+    """One gymnasium env whose observations equal the vector env's (tests/test_ppo.py checks it), and that can
+    render frames for `--capture-video`; an episode is a whole game."""
+    env = AtariEnv(
+        rom,
+        frameskip=1,
+        repeat_action_probability=repeat_action_probability,
+        max_num_frames_per_episode=108_000,
+        render_mode="rgb_array" if video_folder else None,
+    )
+    if video_folder:
+        env = gym.wrappers.RecordVideo(env, video_folder, episode_trigger=lambda episode: True, fps=60)
+    env = FireReset(env)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84, terminal_on_life_loss=False)
+    return gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
+
+
+class EpisodeStats:
+    """Raw score and length of each env's current game. With next-step autoreset, the env spends one step
+    resetting after a game over or a truncation: the action is ignored and the episode frame counter
+    restarts. That reset step ends the game's bookkeeping and enters no loss. A life loss is `terminated`
+    for learning while the game goes on (and some games end with lives left), so lives cannot tell."""
+
+    def __init__(self, num_envs: int, info: dict):
+        self.episode_frame = info["episode_frame_number"].copy()
+        self.episode_return = np.zeros(num_envs)
+        self.episode_length = np.zeros(num_envs, dtype=np.int64)
+
+    def step(self, reward: np.ndarray, info: dict):
+        """Account one env step; returns the reset-step mask and (env, return, length) of each finished game."""
+        reset_step = info["episode_frame_number"] < self.episode_frame
+        self.episode_frame = info["episode_frame_number"].copy()
+        finished = [(i, self.episode_return[i], int(self.episode_length[i])) for i in np.flatnonzero(reset_step)]
+        self.episode_return[reset_step], self.episode_length[reset_step] = 0.0, 0
+        self.episode_return += reward
+        self.episode_length += ~reset_step
+        return reset_step, finished
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+
+
+class Hadamard(nn.Module):
+    """Hadamard representation: act(W_a z + b_a) * act(W_b z + b_b), two independently parameterised branches."""
+
+    def __init__(self, make_branch):
+        super().__init__()
+        self.branch_a = make_branch()
+        self.branch_b = make_branch()
+
+    def forward(self, x):
+        return self.branch_a(x) * self.branch_b(x)
+
+
+def representation_width(hadamard: bool, param_matched: bool, num_actions: int, width: int = 512) -> int:
+    """512 units, or for `--param-matched` the plain width whose network has the HR network's parameter count.
+    Each representation unit carries 3136 + 1 input parameters per branch and num_actions + 1 head weights."""
+    if not param_matched:
+        return width
+    head = num_actions + 1
+    return round(width * (2 * 3137 + head) / (3137 + head))
+
+
+class Agent(nn.Module):
+    def __init__(self, num_actions: int, activation: str = "tanh", hadamard: bool = False, width: int = 512):
+        super().__init__()
+        self.network = nn.Sequential(
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+
+        def branch():
+            return nn.Sequential(layer_init(nn.Linear(64 * 7 * 7, width)), ACTIVATIONS[activation]())
+
+        self.representation = Hadamard(branch) if hadamard else branch()
+        self.actor = layer_init(nn.Linear(width, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(width, 1), std=1)
+
+    def hidden_layers(self) -> dict[str, nn.Module]:
+        """The modules common_metrics.probe hooks: each conv activation, and the representation."""
+        fc = self.representation if isinstance(self.representation, Hadamard) else self.representation[-1]
+        return {"conv1": self.network[1], "conv2": self.network[3], "conv3": self.network[5], "fc": fc}
+
+    def hidden(self, x):
+        return self.representation(self.network(x.float() / 255.0))
+
+    def get_value(self, x):
+        return self.critic(self.hidden(x))
+
+    def get_action_and_value(self, x, action=None):
+        hidden = self.hidden(x)
+        probs = Categorical(logits=self.actor(hidden))
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+
+
+def compute_gae(rewards, values, next_value, terminated, truncated, gamma: float, gae_lambda: float):
+    """GAE over a `num_steps x num_envs` rollout, backwards. `values[t]` is V(obs_t); `next_value` is V of the
+    observation after the last step. A termination (a life loss or game over) stops the bootstrap; a
+    truncation bootstraps from the final observation, stored as the next step's observation (the next-step
+    autoreset step), and stops the recursion. The autoreset step itself is masked out of the loss."""
+    num_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(next_value)
+    for t in reversed(range(num_steps)):
+        nextvalues = next_value if t == num_steps - 1 else values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * (1.0 - terminated[t]) - values[t]
+        lastgaelam = delta + gamma * gae_lambda * (1.0 - terminated[t]) * (1.0 - truncated[t]) * lastgaelam
+        advantages[t] = lastgaelam
+    return advantages
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def load_model(path: str) -> dict:
+    """A model file written by `--save-model` of this script, read with weights_only=True; anything else is a clear error."""
+    if not os.path.isfile(path):
+        fail(f"model file not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        fail(f"cannot read model file {path}: not a PyTorch state file ({type(exc).__name__})")
+    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != "ppo" or "state_dict" not in checkpoint:
+        found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        fail(f"model file {path} is not a PPO model of ppo_atari_hadamard.py (found {found!r})")
+    return checkpoint
+
+
+def build_agent(checkpoint: dict, device) -> Agent:
+    """The agent a checkpoint describes, with its weights; a shape mismatch is a clear error."""
+    saved = checkpoint["args"]
+    agent = Agent(checkpoint["num_actions"], saved["activation"], saved["hadamard"], checkpoint["representation_width"])
+    try:
+        agent.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        fail(f"model file does not fit the network it describes: {str(exc).splitlines()[0]}")
+    return agent.to(device)
+
+
+def evaluate(agent: Agent, rom: str, repeat_action_probability: float, episodes: int, seed: int, device, video_folder=None):
+    """Play `episodes` whole games with the policy's sampled actions; return their raw scores."""
+    env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
+    torch.manual_seed(seed)  # the same model and seed play the same games, in training's run and in --eval-model's
+    returns, episode_return = [], 0.0
+    obs, _ = env.reset(seed=seed)
+    while len(returns) < episodes:
+        with torch.no_grad():
+            action, _, _, _ = agent.get_action_and_value(torch.as_tensor(np.asarray(obs), device=device)[None])
+        obs, reward, terminated, truncated, _ = env.step(action.item())
+        episode_return += reward
+        if terminated or truncated:
+            returns.append(episode_return)
+            episode_return = 0.0
+            if len(returns) < episodes:  # no trailing reset: it would start an empty video
+                obs, _ = env.reset()
+    env.close()
+    return returns
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    checkpoint = load_model(args.eval_model) if args.eval_model else None
+    if checkpoint is not None:  # evaluate the saved model on the game and network it was trained with
+        args.env_id, args.activation = checkpoint["args"]["env_id"], checkpoint["args"]["activation"]
+        args.hadamard, args.param_matched = checkpoint["args"]["hadamard"], checkpoint["args"]["param_matched"]
+    rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs wandb: pip install wandb")
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
+    variant = args.activation + ("_hr" if args.hadamard else "") + ("_pm" if args.param_matched else "")
+    run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_env(rom, args.num_envs, repeat_action_probability, args.env_threads)
+    num_actions = int(envs.single_action_space.n)
+    if checkpoint is not None:
+        if checkpoint["num_actions"] != num_actions:
+            fail(f"model file has {checkpoint['num_actions']} actions but {args.env_id} has {num_actions}")
+        agent = build_agent(checkpoint, device)
+    else:
+        width = representation_width(args.hadamard, args.param_matched, num_actions)
+        agent = Agent(num_actions, args.activation, args.hadamard, width).to(device)
+    num_parameters = sum(p.numel() for p in agent.parameters())
+    print(f"{run_name}: {variant} representation, {num_parameters:,} parameters, device {device}")
+
+    # Output: nothing is written before this point.
+    run_dir = os.path.join("runs", run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    config = {**asdict(args), "algorithm": "ppo", "variant": variant, "num_parameters": num_parameters,
+              "representation_width": agent.actor.in_features, "run_name": run_name, "device": str(device)}
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    if args.track:
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config,
+                   name=run_name, save_code=True, dir=run_dir)
+    writer = SummaryWriter(run_dir)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+    )
+
+    global_step, start_time = 0, time.time()
+    if checkpoint is None:
+        optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+
+        # ALGO Logic: Storage setup, on the device; observations cross to it once per step as uint8
+        obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=torch.uint8, device=device)
+        actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
+        logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+        rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
+        terminations = torch.zeros((args.num_steps, args.num_envs), device=device)
+        truncations = torch.zeros((args.num_steps, args.num_envs), device=device)
+        valid = torch.zeros((args.num_steps, args.num_envs), device=device)
+        values = torch.zeros((args.num_steps, args.num_envs), device=device)
+
+        def update(b_obs, b_logprobs, b_actions, b_advantages, b_returns, b_values, b_valid):
+            """One PPO minibatch step; the autoreset steps (b_valid == 0) carry no loss."""
+            _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs, b_actions)
+            logratio = newlogprob - b_logprobs
+            ratio = logratio.exp()
+            with torch.no_grad():
+                # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                old_approx_kl = masked_mean(-logratio, b_valid)
+                approx_kl = masked_mean((ratio - 1) - logratio, b_valid)
+                clipfrac = masked_mean(((ratio - 1.0).abs() > args.clip_coef).float(), b_valid)
+            mb_advantages = b_advantages
+            if args.norm_adv:
+                mean = masked_mean(mb_advantages, b_valid)
+                std = masked_mean((mb_advantages - mean) ** 2, b_valid).sqrt()
+                mb_advantages = (mb_advantages - mean) / (std + 1e-8)
+
+            # Policy loss
+            pg_loss1 = -mb_advantages * ratio
+            pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+            pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), b_valid)
+
+            # Value loss
+            newvalue = newvalue.view(-1)
+            if args.clip_vloss:
+                v_loss_unclipped = (newvalue - b_returns) ** 2
+                v_clipped = b_values + torch.clamp(newvalue - b_values, -args.clip_coef, args.clip_coef)
+                v_loss_clipped = (v_clipped - b_returns) ** 2
+                v_loss = 0.5 * masked_mean(torch.max(v_loss_unclipped, v_loss_clipped), b_valid)
+            else:
+                v_loss = 0.5 * masked_mean((newvalue - b_returns) ** 2, b_valid)
+
+            entropy_loss = masked_mean(entropy, b_valid)
+            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+            return torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac]).detach()
+
+        if args.compile:
+            update = torch.compile(update)
+
+        # TRY NOT TO MODIFY: start the game
+        next_obs_np, info = envs.reset(seed=args.seed)
+        next_obs = torch.from_numpy(next_obs_np).to(device)
+        episode_stats = EpisodeStats(args.num_envs, info)
+        next_valid = torch.ones(args.num_envs, device=device)
+        recent_returns = deque(maxlen=100)
+        next_probe_step, last_print = 0, 0.0
+
+        for iteration in range(1, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+
+            for step in range(0, args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_obs
+                valid[step] = next_valid
+
+                # ALGO LOGIC: action logic
+                with torch.no_grad():
+                    action, logprob, _, value = agent.get_action_and_value(next_obs)
+                    values[step] = value.flatten()
+                actions[step] = action
+                logprobs[step] = logprob
+
+                # TRY NOT TO MODIFY: execute the game and log data.
+                next_obs_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+                next_obs = torch.from_numpy(next_obs_np).to(device)
+                reset_step, finished = episode_stats.step(reward, info)
+                rewards[step] = torch.from_numpy(np.sign(reward)).to(device)
+                terminations[step] = torch.from_numpy(terminated).to(device)
+                truncations[step] = torch.from_numpy(truncated).to(device)
+                next_valid = torch.from_numpy(~reset_step).float().to(device)
+
+                for _, episodic_return, episodic_length in finished:
+                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+                    recent_returns.append(episodic_return)
+
+            # bootstrap value if not done
+            with torch.no_grad():
+                next_value = agent.get_value(next_obs).reshape(1, -1)
+                advantages = compute_gae(rewards, values, next_value, terminations, truncations, args.gamma, args.gae_lambda)
+                returns = advantages + values
+
+            # flatten the batch
+            b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
+            b_logprobs = logprobs.reshape(-1)
+            b_actions = actions.reshape(-1)
+            b_advantages = advantages.reshape(-1)
+            b_returns = returns.reshape(-1)
+            b_values = values.reshape(-1)
+            b_valid = valid.reshape(-1)
+
+            # Representation metrics on states of this rollout, before the update changes the network
+            if global_step >= next_probe_step:
+                probe_idx = torch.randperm(args.batch_size, device=device)[: args.metrics_batch_size]
+                metrics = common_metrics.probe(agent, b_obs[probe_idx], agent.hidden_layers(), "fc", forward=agent.get_value)
+                for tag, value in metrics.items():
+                    writer.add_scalar(tag, value, global_step)
+                next_probe_step = global_step + args.metrics_interval
+
+            # Optimizing the policy and value network
+            stats = []
+            for epoch in range(args.update_epochs):
+                b_inds = torch.randperm(args.batch_size, device=device)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb_inds = b_inds[start : start + args.minibatch_size]
+                    stats.append(update(b_obs[mb_inds], b_logprobs[mb_inds], b_actions[mb_inds], b_advantages[mb_inds],
+                                        b_returns[mb_inds], b_values[mb_inds], b_valid[mb_inds]))
+                if args.target_kl is not None and stats[-1][4] > args.target_kl:
+                    break
+            pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, _ = stats[-1].tolist()
+            clipfrac = torch.stack(stats)[:, 5].mean().item()
+
+            y_pred, y_true = b_values[b_valid > 0], b_returns[b_valid > 0]
+            var_y = y_true.var().item() if y_true.numel() > 1 else float("nan")
+            explained_var = np.nan if var_y == 0 or np.isnan(var_y) else 1 - (y_true - y_pred).var().item() / var_y
+
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss, global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss, global_step)
+            writer.add_scalar("losses/entropy", entropy_loss, global_step)
+            writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl, global_step)
+            writer.add_scalar("losses/clipfrac", clipfrac, global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            if time.time() - last_print > 10 or iteration in (1, args.num_iterations):
+                last_print = time.time()
+                recent = f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games" if recent_returns else "no game finished yet"
+                print(f"step {global_step:>10,}/{args.total_timesteps:,}  SPS {sps:>5}  return {recent}", flush=True)
+
+    envs.close()
+    eval_returns = []
+    if checkpoint is not None or args.save_model or args.capture_video:
+        if args.save_model:
+            model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+            torch.save({"algorithm": "ppo", "args": asdict(args), "num_actions": num_actions,
+                        "representation_width": agent.actor.in_features, "state_dict": agent.state_dict()}, model_path)
+            print(f"model saved to {model_path}")
+        video_folder = os.path.join("videos", run_name) if args.capture_video else None
+        eval_returns = evaluate(agent, rom, repeat_action_probability, args.eval_episodes, args.seed, device, video_folder)
+        for idx, episodic_return in enumerate(eval_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+        if eval_returns:
+            print(f"evaluation: mean return {np.mean(eval_returns):.1f} over {len(eval_returns)} games")
+
+    writer.close()
+    with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
+        json.dump({"global_step": global_step, "wall_time_s": time.time() - start_time, "eval_returns": eval_returns}, f)
+    if args.track:
+        wandb.finish()

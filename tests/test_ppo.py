@@ -1,0 +1,187 @@
+"""ppo_atari_hadamard.py: end-to-end tiny runs read back from TensorBoard, plus the parts that can be wrong in small."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import common_metrics
+import ppo_atari_hadamard as ppo
+from conftest import read_config, read_scalars, run_fails, run_ok, run_script
+
+SCRIPT = "ppo_atari_hadamard.py"
+TINY = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--num-minibatches", "2",
+        "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32"]
+
+
+def expected_representation_tags(activation: str, hadamard: bool) -> set[str]:
+    """The tags the probe gives for this variant's network, computed on a network built here."""
+    agent = ppo.Agent(4, activation, hadamard)
+    obs = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    return set(common_metrics.probe(agent, obs, agent.hidden_layers(), "fc", forward=agent.get_value))
+
+
+@pytest.mark.parametrize(
+    "flags, variant",
+    [([], "tanh"), (["--hadamard"], "tanh_hr"), (["--activation", "relu"], "relu"), (["--param-matched"], "tanh_pm")],
+)
+def test_tiny_run_logs_every_metric(workdir, flags, variant):
+    run_dir = run_ok(SCRIPT, *TINY, *flags, cwd=workdir)
+    scalars = read_scalars(run_dir)
+    config = read_config(run_dir)
+    assert config["variant"] == variant and config["algorithm"] == "ppo"
+    assert (run_dir / "done.json").exists()
+
+    representation_tags = expected_representation_tags(config["activation"], config["hadamard"])
+    assert {"representation/srank", "representation/dead_fraction", "representation/conv1/dormant_fraction"} <= representation_tags
+    for tag in representation_tags | {"charts/SPS", "losses/value_loss", "losses/policy_loss", "losses/entropy", "charts/learning_rate"}:
+        assert tag in scalars, f"{tag} not logged"
+        assert all(math.isfinite(value) for _, value in scalars[tag]), tag
+    # metrics every 64 steps of a 128-step run: at steps 64 and 128
+    assert [step for step, _ in scalars["representation/srank"]] == [64, 128]
+    assert scalars["charts/SPS"][-1][1] > 0
+
+
+def test_param_matched_network_has_the_hadamard_parameter_count():
+    count = lambda agent: sum(p.numel() for p in agent.parameters())  # noqa: E731
+    for num_actions in (4, 18):
+        hadamard = count(ppo.Agent(num_actions, hadamard=True))
+        width = ppo.representation_width(False, True, num_actions)
+        matched = count(ppo.Agent(num_actions, width=width))
+        per_unit = 3137 + num_actions + 1
+        assert abs(matched - hadamard) <= per_unit / 2, (matched, hadamard)
+        assert width > 512
+
+
+def test_hadamard_layer_multiplies_two_independent_branches():
+    torch.manual_seed(0)
+    layer = ppo.Hadamard(lambda: torch.nn.Sequential(ppo.layer_init(torch.nn.Linear(6, 5)), torch.nn.Tanh()))
+    wa, wb = layer.branch_a[0].weight, layer.branch_b[0].weight
+    assert wa.data_ptr() != wb.data_ptr() and not torch.equal(wa, wb)
+    x = torch.randn(3, 6)
+    out = layer(x)
+    assert out.shape == (3, 5)
+    torch.testing.assert_close(out, torch.tanh(x @ wa.T + layer.branch_a[0].bias) * torch.tanh(x @ wb.T + layer.branch_b[0].bias))
+    out.sum().backward()
+    assert wa.grad is not None and wa.grad.abs().sum() > 0
+    assert wb.grad is not None and wb.grad.abs().sum() > 0
+
+
+def test_gae_stops_at_termination_and_bootstraps_truncation():
+    gamma, lam = 0.9, 0.5
+    # one env, 5 steps: a termination at t=1, a truncation at t=3 (step 4 is the autoreset step)
+    rewards = torch.tensor([[1.0], [2.0], [0.0], [3.0], [0.0]])
+    values = torch.tensor([[0.5], [1.0], [2.0], [4.0], [8.0]])  # values[4] = V(final obs of the truncated game)
+    terminated = torch.tensor([[0.0], [1.0], [0.0], [0.0], [0.0]])
+    truncated = torch.tensor([[0.0], [0.0], [0.0], [1.0], [0.0]])
+    next_value = torch.tensor([[16.0]])
+    adv = ppo.compute_gae(rewards, values, next_value, terminated, truncated, gamma, lam)
+    d4 = 0.0 + gamma * 16.0 - 8.0
+    d3 = 3.0 + gamma * 8.0 - 4.0  # bootstraps from the final observation, recursion cut
+    d2 = 0.0 + gamma * 4.0 - 2.0
+    d1 = 2.0 - 1.0  # terminal: no bootstrap
+    d0 = 1.0 + gamma * 1.0 - 0.5
+    expected = [d0 + gamma * lam * d1, d1, d2 + gamma * lam * d3, d3, d4]
+    torch.testing.assert_close(adv.flatten(), torch.tensor(expected))
+
+
+@pytest.mark.parametrize(
+    "env_id, rom, sticky",
+    [("BreakoutNoFrameskip-v4", "breakout", 0.0), ("ALE/MsPacman-v5", "ms_pacman", 0.25), ("SpaceInvaders-v5", "space_invaders", 0.0),
+     ("BeamRiderNoFrameskip-v4", "beam_rider", 0.0)],
+)
+def test_env_id_styles(env_id, rom, sticky):
+    assert ppo.parse_env_id(env_id, None) == (rom, sticky)
+    assert ppo.parse_env_id(env_id, 0.5) == (rom, 0.5)
+
+
+def test_vector_env_matches_eval_env_and_episode_bookkeeping():
+    """For a fixed action sequence without noop starts or sticky actions, the vector env and the eval env
+    give the same observations and rewards through life losses to game over, and the game's logged return
+    and length are the eval env's sum of raw rewards and step count."""
+    envs = ppo.make_env("breakout", 1, 0.0, noop_max=0)
+    eval_env = ppo.make_eval_env("breakout", 0.0, noop_max=0)
+    obs, info = envs.reset(seed=3)
+    eval_obs, _ = eval_env.reset(seed=3)
+    stats = ppo.EpisodeStats(1, info)
+    rng = np.random.default_rng(0)
+    total, length, life_losses = 0.0, 0, 0
+    while True:
+        action = int(rng.integers(4))
+        obs, reward, terminated, truncated, info = envs.step(np.array([action]))
+        eval_obs, eval_reward, eval_terminated, eval_truncated, _ = eval_env.step(action)
+        reset_step, finished = stats.step(reward, info)
+        assert not reset_step[0] and finished == []
+        np.testing.assert_array_equal(obs[0], np.asarray(eval_obs))
+        assert reward[0] == eval_reward
+        total, length = total + eval_reward, length + 1
+        life_losses += bool(terminated[0]) and not eval_terminated
+        if eval_terminated or eval_truncated:
+            assert terminated[0] or truncated[0]
+            break
+    assert life_losses == 4 and total > 0
+    obs, reward, terminated, truncated, info = envs.step(np.array([1]))  # the autoreset step
+    reset_step, finished = stats.step(reward, info)
+    assert reset_step[0] and finished == [(0, total, length)]
+    assert obs[0, :3].max() == 0, "a new game's stack is padded with zero frames"
+    envs.close()
+    eval_env.close()
+
+
+def test_save_load_evaluate_round_trip(workdir):
+    run_dir = run_ok(SCRIPT, *TINY, "--save-model", "--eval-episodes", "1", cwd=workdir)
+    model = run_dir / "ppo_atari_hadamard.pt"
+    trained = json.loads((run_dir / "done.json").read_text())["eval_returns"]
+    assert len(trained) == 1 and "eval/episodic_return" in read_scalars(run_dir)
+
+    eval_dir = workdir / "eval"
+    eval_dir.mkdir()
+    evaluated = run_ok(SCRIPT, "--eval-model", str(model), "--eval-episodes", "1", cwd=eval_dir)
+    assert json.loads((evaluated / "done.json").read_text())["eval_returns"] == trained
+    assert read_scalars(evaluated)["eval/episodic_return"][0][1] == trained[0]
+
+
+def test_bad_model_files_are_one_line_errors(workdir):
+    torch.save({"algorithm": "dqn", "state_dict": {}}, workdir / "foreign.pt")
+    (workdir / "corrupt.pt").write_bytes(b"\x00not a model" * 10)
+    checkpoint = {"algorithm": "ppo", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
+                  "param_matched": False}, "num_actions": 4, "representation_width": 512,
+                  "state_dict": ppo.Agent(4, width=64).state_dict()}
+    torch.save(checkpoint, workdir / "misfit.pt")
+    assert "not found" in run_fails(SCRIPT, "--eval-model", "missing.pt", cwd=workdir)
+    assert "not a PPO model" in run_fails(SCRIPT, "--eval-model", "foreign.pt", cwd=workdir)
+    assert "cannot read model file" in run_fails(SCRIPT, "--eval-model", "corrupt.pt", cwd=workdir)
+    assert "does not fit" in run_fails(SCRIPT, "--eval-model", "misfit.pt", cwd=workdir)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--env-id", "BreakotNoFrameskip-v4"], "BreakoutNoFrameskip-v4"),
+        (["--num-envs", "0"], "--num-envs must be positive"),
+        (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
+        (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "does not divide"),
+        (["--hadamard", "--param-matched"], "one or the other"),
+        (["--num-envs", "8", "--num-steps", "128", "--total-timesteps", "100"], "less than one batch"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(workdir, flags, message):
+    assert message in run_fails(SCRIPT, *flags, cwd=workdir)
+
+
+def test_same_seed_gives_same_first_losses(workdir):
+    first = {}
+    for name in ("a", "b"):
+        (workdir / name).mkdir()
+        scalars = read_scalars(run_ok(SCRIPT, *TINY, "--seed", "7", cwd=workdir / name))
+        first[name] = {tag: scalars[tag][0] for tag in ("losses/value_loss", "losses/policy_loss", "losses/entropy", "representation/srank")}
+    assert first["a"] == first["b"]
+
+
+def test_tracking_writes_an_offline_wandb_run(workdir):
+    result = run_script(SCRIPT, *TINY, "--track", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((workdir / "runs").iterdir())
+    assert list(run_dir.glob("wandb/offline-run-*")), "no offline W&B run written"
