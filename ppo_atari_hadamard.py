@@ -310,6 +310,47 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def update(agent, optimizer, args, b_obs, b_logprobs, b_actions, b_advantages, b_returns, b_values, b_valid):
+    """One PPO minibatch step (CleanRL's); the autoreset steps (b_valid == 0) carry no loss. Returns
+    (policy loss, value loss, entropy, old approx KL, approx KL, clip fraction) as one tensor, without a host sync."""
+    _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs, b_actions)
+    logratio = newlogprob - b_logprobs
+    ratio = logratio.exp()
+    with torch.no_grad():
+        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+        old_approx_kl = masked_mean(-logratio, b_valid)
+        approx_kl = masked_mean((ratio - 1) - logratio, b_valid)
+        clipfrac = masked_mean(((ratio - 1.0).abs() > args.clip_coef).float(), b_valid)
+    mb_advantages = b_advantages
+    if args.norm_adv:
+        mean = masked_mean(mb_advantages, b_valid)
+        std = masked_mean((mb_advantages - mean) ** 2, b_valid).sqrt()
+        mb_advantages = (mb_advantages - mean) / (std + 1e-8)
+
+    # Policy loss
+    pg_loss1 = -mb_advantages * ratio
+    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), b_valid)
+
+    # Value loss
+    newvalue = newvalue.view(-1)
+    if args.clip_vloss:
+        v_loss_unclipped = (newvalue - b_returns) ** 2
+        v_clipped = b_values + torch.clamp(newvalue - b_values, -args.clip_coef, args.clip_coef)
+        v_loss_clipped = (v_clipped - b_returns) ** 2
+        v_loss = 0.5 * masked_mean(torch.max(v_loss_unclipped, v_loss_clipped), b_valid)
+    else:
+        v_loss = 0.5 * masked_mean((newvalue - b_returns) ** 2, b_valid)
+
+    entropy_loss = masked_mean(entropy, b_valid)
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac]).detach()
+
+
 def load_model(path: str) -> dict:
     """A model file written by `--save-model` of this script, read with weights_only=True; anything else is a clear error."""
     if not os.path.isfile(path):
@@ -423,47 +464,7 @@ if __name__ == "__main__":
         valid = torch.zeros((args.num_steps, args.num_envs), device=device)
         values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
-        def update(b_obs, b_logprobs, b_actions, b_advantages, b_returns, b_values, b_valid):
-            """One PPO minibatch step; the autoreset steps (b_valid == 0) carry no loss."""
-            _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs, b_actions)
-            logratio = newlogprob - b_logprobs
-            ratio = logratio.exp()
-            with torch.no_grad():
-                # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                old_approx_kl = masked_mean(-logratio, b_valid)
-                approx_kl = masked_mean((ratio - 1) - logratio, b_valid)
-                clipfrac = masked_mean(((ratio - 1.0).abs() > args.clip_coef).float(), b_valid)
-            mb_advantages = b_advantages
-            if args.norm_adv:
-                mean = masked_mean(mb_advantages, b_valid)
-                std = masked_mean((mb_advantages - mean) ** 2, b_valid).sqrt()
-                mb_advantages = (mb_advantages - mean) / (std + 1e-8)
-
-            # Policy loss
-            pg_loss1 = -mb_advantages * ratio
-            pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-            pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), b_valid)
-
-            # Value loss
-            newvalue = newvalue.view(-1)
-            if args.clip_vloss:
-                v_loss_unclipped = (newvalue - b_returns) ** 2
-                v_clipped = b_values + torch.clamp(newvalue - b_values, -args.clip_coef, args.clip_coef)
-                v_loss_clipped = (v_clipped - b_returns) ** 2
-                v_loss = 0.5 * masked_mean(torch.max(v_loss_unclipped, v_loss_clipped), b_valid)
-            else:
-                v_loss = 0.5 * masked_mean((newvalue - b_returns) ** 2, b_valid)
-
-            entropy_loss = masked_mean(entropy, b_valid)
-            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-            optimizer.step()
-            return torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac]).detach()
-
-        if args.compile:
-            update = torch.compile(update)
+        update_step = torch.compile(update) if args.compile else update
 
         # TRY NOT TO MODIFY: start the game
         next_obs_np, info = envs.reset(seed=args.seed)
@@ -495,10 +496,9 @@ if __name__ == "__main__":
                 next_obs_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
                 next_obs = torch.from_numpy(next_obs_np).to(device)
                 reset_step, finished = episode_stats.step(reward, info)
-                rewards[step] = torch.from_numpy(np.sign(reward)).to(device)
-                terminations[step] = torch.from_numpy(terminated).to(device)
-                truncations[step] = torch.from_numpy(truncated).to(device)
-                next_valid = torch.from_numpy(~reset_step).float().to(device)
+                # rewards clipped by sign for learning; one host-to-device copy for the four per-env rows
+                step_data = torch.from_numpy(np.stack([np.sign(reward), terminated, truncated, ~reset_step]).astype(np.float32)).to(device)
+                rewards[step], terminations[step], truncations[step], next_valid = step_data
 
                 for _, episodic_return, episodic_length in finished:
                     writer.add_scalar("charts/episodic_return", episodic_return, global_step)
@@ -534,7 +534,7 @@ if __name__ == "__main__":
                 b_inds = torch.randperm(args.batch_size, device=device)
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb_inds = b_inds[start : start + args.minibatch_size]
-                    stats.append(update(b_obs[mb_inds], b_logprobs[mb_inds], b_actions[mb_inds], b_advantages[mb_inds],
+                    stats.append(update_step(agent, optimizer, args, b_obs[mb_inds], b_logprobs[mb_inds], b_actions[mb_inds], b_advantages[mb_inds],
                                         b_returns[mb_inds], b_values[mb_inds], b_valid[mb_inds]))
                 if args.target_kl is not None and stats[-1][4] > args.target_kl:
                     break

@@ -131,7 +131,8 @@ def test_vector_env_matches_eval_env_and_episode_bookkeeping():
 
 
 def test_save_load_evaluate_round_trip(workdir):
-    run_dir = run_ok(SCRIPT, *TINY, "--save-model", "--eval-episodes", "1", cwd=workdir)
+    run_dir = run_ok(SCRIPT, *TINY, "--save-model", "--eval-episodes", "1", "--capture-video", cwd=workdir)
+    assert len(list((workdir / "videos" / run_dir.name).glob("*.mp4"))) == 1, "one video per evaluation game"
     model = run_dir / "ppo_atari_hadamard.pt"
     trained = json.loads((run_dir / "done.json").read_text())["eval_returns"]
     assert len(trained) == 1 and "eval/episodic_return" in read_scalars(run_dir)

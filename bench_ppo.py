@@ -1,0 +1,109 @@
+"""Speed of ppo_atari_hadamard.py at CleanRL's settings (8 envs x 128 steps, 4 epochs x 4 minibatches).
+
+Usage: python bench_ppo.py [--iterations 6] [--reference path/to/cleanrl/ppo_atari.py]
+
+Prints, for tanh and tanh + HR:
+- loop SPS: steady-state steps per second of the real training loop (a subprocess on Breakout; the
+  first iteration, which pays start-up, is left out);
+- ceiling SPS: the same `update` on a synthetic batch in this process, i.e. the learner alone with
+  free environment steps; the loop should reach at least 85% of it;
+- metrics cost: one `common_metrics.probe` of the 256-state probe, as a share of the time the loop
+  takes for the default `--metrics-interval` steps (goal: at most 3%).
+With `--reference`, CleanRL's ppo_atari.py (gymnasium-1.x names) runs in the same session and its SPS is
+the baseline of the ratio. Medians over `--repeats` runs; the machine is shared, so read the ratios.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import common_metrics
+import ppo_atari_hadamard as ppo
+
+ROOT = Path(__file__).resolve().parent
+
+
+def steady_sps(run_root: Path) -> float:
+    """Steps per second between the first and the last logged iteration of the run under `run_root`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((run_root / "runs").iterdir())), size_guidance={"scalars": 0})
+    events.Reload()
+    sps = events.Scalars("charts/SPS")
+    return (sps[-1].step - sps[0].step) / (sps[-1].wall_time - sps[0].wall_time)
+
+
+def loop_sps(script: Path, iterations: int, flags: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(script), "--total-timesteps", str(1024 * iterations), *flags]
+        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
+        return steady_sps(Path(tmp))
+
+
+def ceiling_sps(hadamard: bool, repeats: int = 3) -> float:
+    """The update step alone (4 epochs x 4 minibatches of 256) on a synthetic 1024-state batch."""
+    args = ppo.Args(hadamard=hadamard)
+    args.batch_size, args.minibatch_size = 1024, 256
+    agent = ppo.Agent(4, hadamard=hadamard)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    batch = (
+        torch.randint(0, 256, (1024, 4, 84, 84), dtype=torch.uint8), -torch.rand(1024), torch.randint(0, 4, (1024,)),
+        torch.randn(1024), torch.randn(1024), torch.randn(1024), torch.ones(1024),
+    )
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for _epoch in range(args.update_epochs):
+            b_inds = torch.randperm(1024)
+            for begin in range(0, 1024, 256):
+                mb = b_inds[begin : begin + 256]
+                ppo.update(agent, optimizer, args, *(x[mb] for x in batch))
+        times.append(time.perf_counter() - start)
+    return 1024 / statistics.median(times[1:])
+
+
+def probe_seconds(hadamard: bool, repeats: int = 10) -> float:
+    agent = ppo.Agent(4, hadamard=hadamard)
+    obs = torch.randint(0, 256, (256, 4, 84, 84), dtype=torch.uint8)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        common_metrics.probe(agent, obs, agent.hidden_layers(), "fc", forward=agent.get_value)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=6, help="iterations of 1024 steps per loop run")
+    parser.add_argument("--repeats", type=int, default=1, help="loop runs per configuration (median)")
+    parser.add_argument("--reference", type=Path, help="CleanRL's ppo_atari.py, timed as the baseline")
+    opts = parser.parse_args()
+    interval = ppo.Args().metrics_interval
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
+
+    reference = None
+    if opts.reference:
+        reference = statistics.median(loop_sps(opts.reference, opts.iterations, []) for _ in range(opts.repeats))
+        print(f"CleanRL ppo_atari.py: {reference:7.1f} SPS")
+    for variant, flags in (("tanh", []), ("tanh_hr", ["--hadamard"])):
+        sps = statistics.median(loop_sps(ROOT / "ppo_atari_hadamard.py", opts.iterations, [*flags, "--metrics-interval", str(10**12)])
+                                for _ in range(opts.repeats))
+        ceiling = ceiling_sps(bool(flags))
+        probe = probe_seconds(bool(flags))
+        line = (f"{variant:8s} loop {sps:7.1f} SPS | ceiling {ceiling:7.1f} SPS | loop/ceiling {sps / ceiling:5.1%} | "
+                f"probe {probe * 1000:6.1f} ms = {probe * sps / interval:6.3%} of {interval:,} steps")
+        if reference:
+            line += f" | {sps / reference:4.2f}x CleanRL"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
