@@ -146,6 +146,7 @@ def test_save_load_evaluate_round_trip(workdir):
 
 def test_bad_model_files_are_one_line_errors(workdir):
     torch.save({"algorithm": "dqn", "state_dict": {}}, workdir / "foreign.pt")
+    torch.save({"algorithm": "ppo", "state_dict": {}}, workdir / "partial.pt")
     (workdir / "corrupt.pt").write_bytes(b"\x00not a model" * 10)
     checkpoint = {"algorithm": "ppo", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
                   "param_matched": False}, "num_actions": 4, "representation_width": 512,
@@ -154,6 +155,7 @@ def test_bad_model_files_are_one_line_errors(workdir):
     assert "not found" in run_fails(SCRIPT, "--eval-model", "missing.pt", cwd=workdir)
     assert "not a PPO model" in run_fails(SCRIPT, "--eval-model", "foreign.pt", cwd=workdir)
     assert "cannot read model file" in run_fails(SCRIPT, "--eval-model", "corrupt.pt", cwd=workdir)
+    assert "lacks activation, args" in run_fails(SCRIPT, "--eval-model", "partial.pt", cwd=workdir)
     assert "does not fit" in run_fails(SCRIPT, "--eval-model", "misfit.pt", cwd=workdir)
 
 
