@@ -351,6 +351,41 @@ def update(agent, optimizer, args, b_obs, b_logprobs, b_actions, b_advantages, b
     return torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac]).detach()
 
 
+class Rollout:
+    """On-device storage of one rollout, `num_steps x num_envs`; observations stay uint8."""
+
+    def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple, device):
+        self.obs = torch.zeros((num_steps, num_envs) + obs_shape, dtype=torch.uint8, device=device)
+        self.actions = torch.zeros((num_steps, num_envs), dtype=torch.long, device=device)
+        self.logprobs, self.rewards, self.terminations, self.truncations, self.valid, self.values = (
+            torch.zeros((num_steps, num_envs), device=device) for _ in range(6)
+        )
+
+
+def collect_rollout(agent: Agent, envs, episode_stats: EpisodeStats, rollout: Rollout, next_obs: torch.Tensor):
+    """Play `num_steps` steps in every env with the current policy, filling `rollout` in place. Observations cross
+    to the device once per step as uint8, the other per-env data in one copy. The next-step autoreset step (its
+    action ignored, its observation the finished game's last) gets valid = 0, so it enters no loss. Returns the
+    observation after the last step and the finished games as (step index, raw score, length)."""
+    finished_games = []
+    for step in range(rollout.obs.shape[0]):
+        rollout.obs[step] = next_obs
+        with torch.no_grad():
+            action, logprob, _, value = agent.get_action_and_value(next_obs)
+        rollout.values[step], rollout.actions[step], rollout.logprobs[step] = value.flatten(), action, logprob
+
+        next_obs_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+        next_obs = torch.from_numpy(next_obs_np).to(rollout.obs.device)
+        reset_step, finished = episode_stats.step(reward, info)
+        # rewards clipped by sign for learning; a life loss is terminal for learning while the game goes on
+        step_data = np.stack([np.sign(reward), terminated, truncated, ~reset_step]).astype(np.float32)
+        rollout.rewards[step], rollout.terminations[step], rollout.truncations[step], rollout.valid[step] = torch.from_numpy(
+            step_data
+        ).to(rollout.obs.device)
+        finished_games += [(step, episodic_return, episodic_length) for _, episodic_return, episodic_length in finished]
+    return next_obs, finished_games
+
+
 def load_model(path: str) -> dict:
     """A model file written by `--save-model` of this script, read with weights_only=True; anything else is a clear error."""
     if not os.path.isfile(path):
@@ -458,23 +493,13 @@ if __name__ == "__main__":
     if checkpoint is None:
         optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
-        # ALGO Logic: Storage setup, on the device; observations cross to it once per step as uint8
-        obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=torch.uint8, device=device)
-        actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
-        logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
-        rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
-        terminations = torch.zeros((args.num_steps, args.num_envs), device=device)
-        truncations = torch.zeros((args.num_steps, args.num_envs), device=device)
-        valid = torch.zeros((args.num_steps, args.num_envs), device=device)
-        values = torch.zeros((args.num_steps, args.num_envs), device=device)
-
+        rollout = Rollout(args.num_steps, args.num_envs, envs.single_observation_space.shape, device)
         update_step = torch.compile(update) if args.compile else update
 
         # TRY NOT TO MODIFY: start the game
         next_obs_np, info = envs.reset(seed=args.seed)
         next_obs = torch.from_numpy(next_obs_np).to(device)
         episode_stats = EpisodeStats(args.num_envs, info)
-        next_valid = torch.ones(args.num_envs, device=device)
         recent_returns = deque(maxlen=100)
         next_probe_step, last_print = 0, 0.0
 
@@ -484,45 +509,28 @@ if __name__ == "__main__":
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
-            for step in range(0, args.num_steps):
-                global_step += args.num_envs
-                obs[step] = next_obs
-                valid[step] = next_valid
-
-                # ALGO LOGIC: action logic
-                with torch.no_grad():
-                    action, logprob, _, value = agent.get_action_and_value(next_obs)
-                    values[step] = value.flatten()
-                actions[step] = action
-                logprobs[step] = logprob
-
-                # TRY NOT TO MODIFY: execute the game and log data.
-                next_obs_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-                next_obs = torch.from_numpy(next_obs_np).to(device)
-                reset_step, finished = episode_stats.step(reward, info)
-                # rewards clipped by sign for learning; one host-to-device copy for the four per-env rows
-                step_data = torch.from_numpy(np.stack([np.sign(reward), terminated, truncated, ~reset_step]).astype(np.float32)).to(device)
-                rewards[step], terminations[step], truncations[step], next_valid = step_data
-
-                for _, episodic_return, episodic_length in finished:
-                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
-                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
-                    recent_returns.append(episodic_return)
+            next_obs, finished_games = collect_rollout(agent, envs, episode_stats, rollout, next_obs)
+            for step, episodic_return, episodic_length in finished_games:
+                writer.add_scalar("charts/episodic_return", episodic_return, global_step + (step + 1) * args.num_envs)
+                writer.add_scalar("charts/episodic_length", episodic_length, global_step + (step + 1) * args.num_envs)
+                recent_returns.append(episodic_return)
+            global_step += args.batch_size
 
             # bootstrap value if not done
             with torch.no_grad():
                 next_value = agent.get_value(next_obs).reshape(1, -1)
-                advantages = compute_gae(rewards, values, next_value, terminations, truncations, args.gamma, args.gae_lambda)
-                returns = advantages + values
+                advantages = compute_gae(rollout.rewards, rollout.values, next_value, rollout.terminations, rollout.truncations,
+                                         args.gamma, args.gae_lambda)
+                returns = advantages + rollout.values
 
             # flatten the batch
-            b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
-            b_logprobs = logprobs.reshape(-1)
-            b_actions = actions.reshape(-1)
+            b_obs = rollout.obs.reshape((-1,) + envs.single_observation_space.shape)
+            b_logprobs = rollout.logprobs.reshape(-1)
+            b_actions = rollout.actions.reshape(-1)
             b_advantages = advantages.reshape(-1)
             b_returns = returns.reshape(-1)
-            b_values = values.reshape(-1)
-            b_valid = valid.reshape(-1)
+            b_values = rollout.values.reshape(-1)
+            b_valid = rollout.valid.reshape(-1)
 
             # Representation metrics on states of this rollout, before the update changes the network
             if global_step >= next_probe_step:

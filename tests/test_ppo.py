@@ -130,6 +130,24 @@ def test_vector_env_matches_eval_env_and_episode_bookkeeping():
     eval_env.close()
 
 
+def test_rollout_masks_exactly_the_autoreset_steps():
+    """On the real env, valid = 0 marks exactly the steps whose action was ignored: the step after which the
+    observation is a new game's (its stack padded with zero frames). Those steps carry no reward."""
+    torch.manual_seed(0)
+    envs = ppo.make_env("breakout", 2, 0.0)
+    obs, info = envs.reset(seed=0)
+    rollout = ppo.Rollout(400, 2, obs.shape[1:], "cpu")
+    next_obs, finished = ppo.collect_rollout(ppo.Agent(4), envs, ppo.EpisodeStats(2, info), rollout, torch.from_numpy(obs))
+    envs.close()
+    following = torch.cat([rollout.obs[1:], next_obs[None]])
+    new_game = (following[:, :, :3] == 0).flatten(2).all(dim=2)
+    assert len(finished) >= 2 and new_game.sum() == len(finished)
+    assert torch.equal(rollout.valid == 0, new_game)
+    assert (rollout.rewards[new_game] == 0).all()
+    for step, _, _ in finished:
+        assert new_game[step].any()
+
+
 def test_save_load_evaluate_round_trip(workdir):
     run_dir = run_ok(SCRIPT, *TINY, "--save-model", "--eval-episodes", "1", "--capture-video", cwd=workdir)
     assert len(list((workdir / "videos" / run_dir.name).glob("*.mp4"))) == 1, "one video per evaluation game"
