@@ -1,0 +1,337 @@
+#!/usr/bin/env bash
+# Sweeps the training scripts over variants x games x seeds, locally (N jobs at once) or as a Slurm array
+# job, and writes the report (plot_results.py). Finished runs are skipped, so running the same command
+# again resumes an interrupted sweep. `bash benchmark.sh --help` lists every flag.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+PYTHON="${PYTHON:-python}"
+RUNS_DIR="runs"  # the training scripts write runs/<run_name>/ under the current directory
+
+die() { echo "error: $*" >&2; exit 2; }
+
+usage() {
+    cat <<'EOF'
+Usage: bash benchmark.sh [options] [-- extra flags for the training scripts]
+
+Sweeps scripts x variants x games x seeds. Each run is
+  $PYTHON <script> --env-id <game> --seed <seed> <variant flags> --run-name <game>__<script>__<variant>__<seed> <extra flags>
+run in the current directory, so it writes runs/<run name>/. A run whose directory holds done.json is
+skipped; a run directory without it (an interrupted run) is removed and the run starts again.
+
+Sweep (flag, or environment variable; lists are space or comma separated):
+  --scripts LIST        SCRIPTS          ppo, dqn, pqn or script paths       (default: ppo dqn pqn)
+  --variants LIST       VARIANTS         <activation>[_hr|_pm]: relu -> --activation relu, tanh -> (none),
+                                         tanh_hr -> --hadamard, tanh_pm -> --param-matched
+                                                                              (default: relu tanh tanh_hr tanh_pm)
+  --games LIST          GAMES            short names (Breakout -> BreakoutNoFrameskip-v4) or env ids
+                                                  (default: Breakout Pong BeamRider SpaceInvaders MsPacman)
+  --seeds LIST          SEEDS            seeds                               (default: 1 2 3)
+  --num-seeds N                          seeds 1..N
+  --total-timesteps N   TOTAL_TIMESTEPS  budget of every run                 (default: each script's own)
+  [--] FLAGS...         SCRIPT_ARGS      any other flag goes to every script as it is (e.g. --num-envs 16)
+                        PPO_ARGS, DQN_ARGS, PQN_ARGS  flags for that script only (after the others)
+  --quick                                quick profile: ppo on Breakout, seeds 1 2, the four variants,
+                                         50k steps, metrics every 5k steps, 2 jobs (flags still override)
+Local mode:
+  --jobs N              JOBS             runs at once                        (default: 1)
+  --threads N           THREADS          torch/OpenMP threads per run        (default: 1)
+  --dry-run                              print the commands, run nothing
+Slurm mode:
+  --slurm                                write an sbatch array job (one task per unfinished run) from
+                                         slurm_template.sbatch to runs/_slurm/<time>/ and submit it
+  --slurm-time T        SBATCH_TIME      time limit per run                  (default: 48:00:00)
+  --slurm-cpus N        SBATCH_CPUS      CPUs per run                        (default: 4)
+  --slurm-mem M         SBATCH_MEM       memory per run                      (default: 16G)
+  --slurm-parallel N    SBATCH_PARALLEL  runs at once (array throttle %N)    (default: no limit)
+  --sbatch-args "ARGS"  SBATCH_EXTRA     more #SBATCH options, e.g. "--partition=gpu --gres=gpu:1"
+Report:
+  --report                               after the sweep, write the report (plot_results.py)
+  --report-only                          only write the report from the runs there are
+  --out DIR             REPORT_DIR       report folder                       (default: results)
+Python: PYTHON (default: python, i.e. the active virtual environment).
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# One run of a task list (used by local mode and by each Slurm array task): skip it when finished, remove
+# an interrupted run's directory, run it with its log in the run directory.
+run_task() {
+    local tasks="$1" index="$2" line name cmd run_dir total status start
+    [[ -f "$tasks" ]] || die "task list $tasks not found"
+    line="$(sed -n "${index}p" "$tasks")"
+    [[ -n "$line" ]] || die "task list $tasks has no line $index"
+    total="$(wc -l <"$tasks" | tr -d ' ')"
+    name="${line%%$'\t'*}"
+    cmd="${line#*$'\t'}"
+    run_dir="$RUNS_DIR/$name"
+    if command -v flock >/dev/null 2>&1; then  # a second launch of the same sweep leaves a running run alone
+        mkdir -p "$RUNS_DIR/.locks"
+        exec 9>"$RUNS_DIR/.locks/$name.lock"
+        if ! flock -n 9; then
+            echo "[$index/$total] skip $name (running in another sweep)"
+            return 0
+        fi
+    fi
+    if [[ -f "$run_dir/done.json" ]]; then
+        echo "[$index/$total] skip $name (finished)"
+        return 0
+    fi
+    if [[ -d "$run_dir" ]]; then
+        echo "[$index/$total] $name was interrupted: removing $run_dir and starting it again"
+        rm -rf -- "$run_dir"
+    fi
+    mkdir -p "$run_dir"
+    echo "[$index/$total] start $name"
+    start=$SECONDS
+    status=0
+    eval "$cmd" >"$run_dir/train.log" 2>&1 </dev/null 9>&- || status=$?  # the lock stays with this shell
+    if [[ $status -eq 0 && -f "$run_dir/done.json" ]]; then
+        echo "[$index/$total] done  $name ($((SECONDS - start)) s)"
+        return 0
+    fi
+    [[ $status -ne 0 ]] || status=1
+    echo "[$index/$total] FAILED $name (exit $status); log: $run_dir/train.log" >&2
+    tail -n 5 "$run_dir/train.log" | sed 's/^/    /' >&2
+    return "$status"
+}
+
+is_locked() {  # is run $1 going on in another sweep (its run task holds the lock)?
+    local lock="$RUNS_DIR/.locks/$1.lock"
+    command -v flock >/dev/null 2>&1 && [[ -f "$lock" ]] && ! flock -n "$lock" true
+}
+
+if [[ "${1:-}" == "--run-task" ]]; then
+    [[ $# -eq 3 ]] || die "usage: benchmark.sh --run-task TASK_LIST LINE"
+    run_task "$2" "$3"
+    exit $?
+fi
+
+# ---------------------------------------------------------------------------------------------------------
+# Options: flags > environment variables > --quick profile > defaults.
+split_list() { tr ',' ' ' <<<"$1"; }
+need_value() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
+
+opt_scripts="" opt_variants="" opt_games="" opt_seeds="" opt_jobs="" opt_threads="" opt_steps=""
+quick=0 dry_run=0 slurm=0 report=0 report_only=0
+slurm_time="${SBATCH_TIME:-48:00:00}" slurm_cpus="${SBATCH_CPUS:-4}" slurm_mem="${SBATCH_MEM:-16G}"
+slurm_parallel="${SBATCH_PARALLEL:-}" sbatch_extra="${SBATCH_EXTRA:-}" report_dir="${REPORT_DIR:-results}"
+passthrough=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --scripts) need_value "$@"; opt_scripts="$2"; shift 2 ;;
+        --variants) need_value "$@"; opt_variants="$2"; shift 2 ;;
+        --games) need_value "$@"; opt_games="$2"; shift 2 ;;
+        --seeds) need_value "$@"; opt_seeds="$2"; shift 2 ;;
+        --num-seeds) need_value "$@"; [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "--num-seeds must be a positive integer, got '$2'"
+            opt_seeds="$(seq -s ' ' 1 "$2")"; shift 2 ;;
+        --total-timesteps) need_value "$@"; opt_steps="$2"; shift 2 ;;
+        --jobs) need_value "$@"; opt_jobs="$2"; shift 2 ;;
+        --threads) need_value "$@"; opt_threads="$2"; shift 2 ;;
+        --quick) quick=1; shift ;;
+        --dry-run) dry_run=1; shift ;;
+        --slurm) slurm=1; shift ;;
+        --slurm-time) need_value "$@"; slurm_time="$2"; shift 2 ;;
+        --slurm-cpus) need_value "$@"; slurm_cpus="$2"; shift 2 ;;
+        --slurm-mem) need_value "$@"; slurm_mem="$2"; shift 2 ;;
+        --slurm-parallel) need_value "$@"; slurm_parallel="$2"; shift 2 ;;
+        --sbatch-args) need_value "$@"; sbatch_extra="$2"; shift 2 ;;
+        --report) report=1; shift ;;
+        --report-only) report_only=1; shift ;;
+        --out) need_value "$@"; report_dir="$2"; shift 2 ;;
+        --) shift; passthrough+=("$@"); break ;;
+        *) passthrough+=("$1"); shift ;;
+    esac
+done
+
+check_python() {
+    command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found: activate the project's virtual environment or set PYTHON"
+}
+run_report() {
+    check_python
+    echo "report: $PYTHON $HERE/plot_results.py --runs-dir $RUNS_DIR --out $report_dir"
+    "$PYTHON" "$HERE/plot_results.py" --runs-dir "$RUNS_DIR" --out "$report_dir"
+}
+if [[ $report_only -eq 1 ]]; then
+    run_report
+    exit $?
+fi
+
+if [[ $quick -eq 1 ]]; then
+    q_scripts="ppo" q_games="Breakout" q_seeds="1 2" q_jobs=2 q_steps=50000
+    q_args=(--metrics-interval 5000)
+else
+    q_scripts="ppo dqn pqn" q_games="Breakout Pong BeamRider SpaceInvaders MsPacman" q_seeds="1 2 3" q_jobs=1 q_steps=""
+    q_args=()
+fi
+scripts="$(split_list "${opt_scripts:-${SCRIPTS:-$q_scripts}}")"
+variants="$(split_list "${opt_variants:-${VARIANTS:-relu tanh tanh_hr tanh_pm}}")"
+games="$(split_list "${opt_games:-${GAMES:-$q_games}}")"
+seeds="$(split_list "${opt_seeds:-${SEEDS:-$q_seeds}}")"
+jobs="${opt_jobs:-${JOBS:-$q_jobs}}"
+threads="${opt_threads:-${THREADS:-1}}"
+steps="${opt_steps:-${TOTAL_TIMESTEPS:-$q_steps}}"
+read -r -a env_args <<<"${SCRIPT_ARGS:-}"
+extra=("${q_args[@]+"${q_args[@]}"}" "${env_args[@]+"${env_args[@]}"}" "${passthrough[@]+"${passthrough[@]}"}")
+
+# Checks: bad input is one clear line, before anything is written.
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive integer, got '$jobs'"
+[[ "$threads" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, got '$threads'"
+[[ -z "$steps" || "$steps" =~ ^[1-9][0-9]*$ ]] || die "--total-timesteps must be a positive integer, got '$steps'"
+[[ -z "$slurm_parallel" || "$slurm_parallel" =~ ^[1-9][0-9]*$ ]] || die "--slurm-parallel must be a positive integer, got '$slurm_parallel'"
+[[ -n "${scripts// /}" ]] || die "no scripts to run"
+[[ -n "${variants// /}" ]] || die "no variants to run"
+[[ -n "${games// /}" ]] || die "no games to run"
+[[ -n "${seeds// /}" ]] || die "no seeds to run"
+for seed in $seeds; do
+    [[ "$seed" =~ ^[0-9]+$ ]] || die "seeds must be integers, got '$seed'"
+done
+[[ -n "$steps" ]] && extra=(--total-timesteps "$steps" "${extra[@]+"${extra[@]}"}")
+
+script_path() {  # ppo -> <repo>/ppo_atari_hadamard.py; a path stays a path
+    case "$1" in
+        */*|*.py) echo "$1" ;;
+        *) echo "$HERE/${1}_atari_hadamard.py" ;;
+    esac
+}
+variant_flags() {  # relu -> --activation relu; tanh_hr -> --hadamard; tanh_pm -> --param-matched
+    [[ "$1" =~ ^(tanh|relu|sigmoid|gelu)(_hr|_pm)?$ ]] || die "unknown variant '$1' (expected <activation>[_hr|_pm] with activation tanh, relu, sigmoid or gelu, e.g. tanh_hr)"
+    local flags=()
+    [[ "${BASH_REMATCH[1]}" == tanh ]] || flags+=(--activation "${BASH_REMATCH[1]}")
+    [[ "${BASH_REMATCH[2]}" == _hr ]] && flags+=(--hadamard)
+    [[ "${BASH_REMATCH[2]}" == _pm ]] && flags+=(--param-matched)
+    echo "${flags[*]-}"
+}
+env_id() {  # Breakout -> BreakoutNoFrameskip-v4; env ids stay as they are
+    if [[ "$1" =~ ^[A-Za-z0-9]+$ ]]; then echo "${1}NoFrameskip-v4"; else echo "$1"; fi
+}
+for script in $scripts; do
+    [[ -f "$(script_path "$script")" ]] || die "training script $(script_path "$script") not found"
+done
+for variant in $variants; do variant_flags "$variant" >/dev/null; done
+
+# ---------------------------------------------------------------------------------------------------------
+# The task list: one line per run, "<run name>\t<command>", in a stable order.
+names=() commands=()
+for script in $scripts; do
+    path="$(script_path "$script")"
+    stem="$(basename "$path" .py)"
+    own_var="$(tr '[:lower:]-' '[:upper:]_' <<<"${stem%%_*}")_ARGS"  # ppo_atari_hadamard -> PPO_ARGS
+    read -r -a own_args <<<"${!own_var:-}"
+    for game in $games; do
+        id="$(env_id "$game")"
+        for variant in $variants; do
+            read -r -a vflags <<<"$(variant_flags "$variant")"
+            for seed in $seeds; do
+                name="${id//\//-}__${stem}__${variant}__${seed}"
+                cmd=("$PYTHON" "$path" --env-id "$id" --seed "$seed" "${vflags[@]+"${vflags[@]}"}" --run-name "$name"
+                     "${extra[@]+"${extra[@]}"}" "${own_args[@]+"${own_args[@]}"}")
+                names+=("$name")
+                commands+=("OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads$(printf ' %q' "${cmd[@]}")")
+            done
+        done
+    done
+done
+
+todo=() finished=0 interrupted=0 running=0
+for i in "${!names[@]}"; do
+    if [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]]; then
+        finished=$((finished + 1))
+    else
+        if is_locked "${names[$i]}"; then
+            running=$((running + 1))
+        elif [[ -d "$RUNS_DIR/${names[$i]}" ]]; then
+            interrupted=$((interrupted + 1))
+        fi
+        todo+=("$i")
+    fi
+done
+echo "# sweep: ${#names[@]} runs ($scripts x $variants x $games x seeds $seeds): ${#todo[@]} to run" \
+     "($interrupted interrupted: restarted from scratch; $running running in another sweep: left alone), $finished finished (skipped)"
+
+if [[ $dry_run -eq 1 && $slurm -eq 0 ]]; then
+    for i in "${!names[@]}"; do
+        if [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]]; then
+            echo "# skip (finished): ${names[$i]}"
+        elif is_locked "${names[$i]}"; then
+            echo "# skip (running in another sweep): ${names[$i]}"
+        else
+            echo "${commands[$i]}"
+        fi
+    done
+    exit 0
+fi
+
+write_tasks() {  # the unfinished runs' lines into $1
+    : >"$1"
+    local i
+    for i in "${todo[@]+"${todo[@]}"}"; do
+        printf '%s\t%s\n' "${names[$i]}" "${commands[$i]}" >>"$1"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------------------
+if [[ $slurm -eq 1 ]]; then
+    if [[ ${#todo[@]} -eq 0 ]]; then
+        echo "every run is finished: nothing to submit"
+        [[ $report -eq 1 ]] && run_report
+        exit 0
+    fi
+    template="$HERE/slurm_template.sbatch"
+    [[ -f "$template" ]] || die "Slurm template $template not found"
+    sweep_dir="$(pwd)/$RUNS_DIR/_slurm/$(date +%Y%m%d-%H%M%S)-$$"
+    mkdir -p "$sweep_dir"
+    write_tasks "$sweep_dir/tasks.tsv"
+    array="0-$((${#todo[@]} - 1))${slurm_parallel:+%$slurm_parallel}"
+    sbatch_lines=""
+    for option in $sbatch_extra; do sbatch_lines+="#SBATCH $option"$'\n'; done
+    job="$(cat "$template")"
+    job="${job//\{\{JOB_NAME\}\}/hadamard-benchmark}"
+    job="${job//\{\{ARRAY\}\}/$array}"
+    job="${job//\{\{CPUS_PER_TASK\}\}/$slurm_cpus}"
+    job="${job//\{\{MEM\}\}/$slurm_mem}"
+    job="${job//\{\{TIME\}\}/$slurm_time}"
+    job="${job//\{\{LOG_DIR\}\}/$sweep_dir}"
+    job="${job//\{\{SBATCH_LINES\}\}/${sbatch_lines%$'\n'}}"
+    job="${job//\{\{WORKDIR\}\}/$(printf '%q' "$(pwd)")}"
+    job="${job//\{\{BENCHMARK\}\}/$(printf '%q' "$SELF")}"
+    job="${job//\{\{TASKS\}\}/$(printf '%q' "$sweep_dir/tasks.tsv")}"
+    printf '%s\n' "$job" >"$sweep_dir/job.sbatch"
+    echo "wrote $sweep_dir/job.sbatch: an array of ${#todo[@]} runs (task list $sweep_dir/tasks.tsv)"
+    if [[ $dry_run -eq 1 ]]; then
+        cut -f2- "$sweep_dir/tasks.tsv"
+        echo "dry run: not submitted; submit with: sbatch $sweep_dir/job.sbatch"
+    elif command -v sbatch >/dev/null 2>&1; then
+        sbatch "$sweep_dir/job.sbatch"
+        echo "submitted; when it has finished, write the report with: bash $SELF --report-only"
+    else
+        echo "sbatch not found (not a Slurm machine): submit the job script there with: sbatch $sweep_dir/job.sbatch"
+    fi
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------------------
+# Local mode: $jobs runs at once; one line per run start/end, each run's output in runs/<name>/train.log.
+status=0
+if [[ ${#todo[@]} -gt 0 ]]; then
+    check_python
+    mkdir -p "$RUNS_DIR"
+    tasks="$(mktemp "${TMPDIR:-/tmp}/benchmark-tasks.XXXXXX")"
+    trap 'rm -f "$tasks"' EXIT
+    write_tasks "$tasks"
+    seq 1 "${#todo[@]}" | xargs -P "$jobs" -I{} bash "$SELF" --run-task "$tasks" {} || status=$?
+    failed=0 elsewhere=0
+    for i in "${todo[@]}"; do
+        [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]] && continue
+        if is_locked "${names[$i]}"; then elsewhere=$((elsewhere + 1)); else failed=$((failed + 1)); fi
+    done
+    echo "# sweep: $(( ${#todo[@]} - failed - elsewhere )) of ${#todo[@]} runs finished now, $finished before;" \
+         "$elsewhere running in another sweep; $failed failed (logs: $RUNS_DIR/<run name>/train.log; run the same command again to retry them)"
+    [[ $failed -eq 0 ]] || status=1
+fi
+if [[ $report -eq 1 ]]; then
+    run_report || status=$?
+fi
+exit "$status"

@@ -1,0 +1,592 @@
+# PQN (Gallici et al., "Simplifying Deep Temporal Difference Learning", ICLR 2025) on Atari with an optional
+# layer-normalised Hadamard representation (Kooi et al., arXiv 2406.09079). Forked from CleanRL's
+# pqn_atari_envpool.py: online Q(lambda) from vectorised envs, no replay buffer, no target network, LayerNorm.
+# The envs are ale_py's AtariVectorEnv; see DESIGN.md for the env semantics, the network and the metrics.
+import difflib
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+import tyro
+from ale_py.env import AtariEnv
+from ale_py.roms import get_all_rom_ids
+from ale_py.vector_env import AtariVectorEnv
+from torch.utils.tensorboard import SummaryWriter
+
+import common_metrics
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=False`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "hadamard-atari"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to record videos of the evaluation episodes at the end of training (in `videos/<run_name>`)"""
+    save_model: bool = False
+    """whether to save the model to `runs/<run_name>/<exp_name>.pt` and evaluate it"""
+    eval_episodes: int = 10
+    """the number of whole games played by the evaluation after training (or with --eval-model)"""
+    eval_epsilon: float = 0.05
+    """the epsilon of the epsilon-greedy evaluation policy"""
+    eval_model: Optional[str] = None
+    """skip training: load this model file (saved by this script) and evaluate it"""
+    run_name: Optional[str] = None
+    """the run's name (default `<env_id>__<exp_name>__<seed>__<unix time>`)"""
+
+    # Algorithm specific arguments
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """the id of the environment (`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5`)"""
+    repeat_action_probability: Optional[float] = None
+    """sticky actions; None: 0.25 for `ALE/...-v5` ids, 0.0 for the others"""
+    env_threads: int = 0
+    """the number of threads of the vector env (0: ale_py's default)"""
+    total_timesteps: int = 10000000
+    """total timesteps of the experiments"""
+    learning_rate: float = 2.5e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 8
+    """the number of parallel game environments"""
+    num_steps: int = 128
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """Toggle learning rate annealing for the Q-network"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    num_minibatches: int = 4
+    """the number of mini-batches"""
+    update_epochs: int = 4
+    """the K epochs to update the Q-network"""
+    max_grad_norm: float = 10.0
+    """the maximum norm for the gradient clipping"""
+    start_e: float = 1
+    """the starting epsilon for exploration"""
+    end_e: float = 0.01
+    """the ending epsilon for exploration"""
+    exploration_fraction: float = 0.10
+    """the fraction of `total_timesteps` it takes from start_e to end_e"""
+    q_lambda: float = 0.65
+    """the lambda for the Q-Learning algorithm"""
+
+    # Representation arguments
+    activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
+    """the activation of the representation layer (and of every hidden layer with --hadamard-scope all)"""
+    hadamard: bool = False
+    """if toggled, the layers in --hadamard-scope are Hadamard representations: LN(W1 z) and LN(W2 z) through the activation, multiplied"""
+    hadamard_scope: Literal["representation", "all"] = "representation"
+    """`representation`: only the 3136->512 layer uses --activation (and HR); `all`: the conv layers too (ReLU otherwise)"""
+    param_matched: bool = False
+    """if toggled, widen the plain representation to the parameter count of the HR network (not with --hadamard)"""
+    metrics_interval: int = 50_000
+    """log representation metrics every this many environment steps (0: never)"""
+    metrics_batch_size: int = 256
+    """the number of rollout states the representation metrics are computed on"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+ALGORITHM = "pqn"
+REPRESENTATION_WIDTH = 512
+
+
+# ----------------------------------------------------------------------------- environment
+def fail(message: str):
+    """Bad input: one clear line on stderr and a non-zero exit, before any output is written."""
+    sys.exit(f"error: {message}")
+
+
+def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tuple[str, float]:
+    """`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5` -> (ALE ROM id, sticky-action probability)."""
+    match = re.fullmatch(r"(ALE/)?([A-Za-z0-9]+?)(NoFrameskip)?-v[45]", env_id)
+    roms = {rom.replace("_", ""): rom for rom in get_all_rom_ids()}
+    if match is None or match.group(2).lower() not in roms:
+        names = ["".join(part.capitalize() for part in rom.split("_")) for rom in roms.values()]
+        name = match.group(2) if match else env_id
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(f'{n}NoFrameskip-v4' for n in close)}?" if close else ""
+        fail(f"unknown Atari game in env id {env_id!r} (expected e.g. BreakoutNoFrameskip-v4, ALE/Breakout-v5 or Breakout-v5){hint}")
+    if repeat_action_probability is None:
+        repeat_action_probability = 0.25 if match.group(1) else 0.0
+    return roms[match.group(2).lower()], repeat_action_probability
+
+
+def make_env(rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30) -> AtariVectorEnv:
+    """Nature-DQN preprocessing in ale-py's C++ vector env: 30 noop starts, fire reset, frame skip 4 with
+    max-pool, 84x84 grayscale, 4-frame stack. A life loss is `terminated` while the game goes on
+    (`life_loss_info`); rewards stay raw so that episodic returns are game scores."""
+    return AtariVectorEnv(
+        rom,
+        num_envs,
+        num_threads=num_threads,
+        noop_max=noop_max,
+        repeat_action_probability=repeat_action_probability,
+        episodic_life=False,
+        life_loss_info=True,
+        reward_clipping=False,
+    )
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE for one native frame after reset, as the vector env's `use_fire_reset` does."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if "FIRE" in self.env.unwrapped.get_action_meanings():
+            obs, _, _, _, info = self.env.step(self.env.unwrapped.get_action_meanings().index("FIRE"))
+        return obs, info
+
+
+def make_eval_env(rom: str, repeat_action_probability: float, noop_max: int = 30, video_folder: Optional[str] = None) -> gym.Env:
+    """One gymnasium env whose observations equal the vector env's (tests/test_ppo.py checks it), and that can
+    render frames for `--capture-video`; an episode is a whole game."""
+    env = AtariEnv(
+        rom,
+        frameskip=1,
+        repeat_action_probability=repeat_action_probability,
+        max_num_frames_per_episode=108_000,
+        render_mode="rgb_array" if video_folder else None,
+    )
+    if video_folder:
+        env = gym.wrappers.RecordVideo(env, video_folder, episode_trigger=lambda episode: True, fps=60)
+    env = FireReset(env)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84, terminal_on_life_loss=False)
+    return gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
+
+
+class EpisodeStats:
+    """Raw score and length of each env's current game. With next-step autoreset, the env spends one step
+    resetting after a game over or a truncation: the action is ignored and the episode frame counter
+    restarts. That reset step ends the game's bookkeeping and enters no target. A life loss is `terminated`
+    for learning while the game goes on (and some games end with lives left), so lives cannot tell."""
+
+    def __init__(self, num_envs: int, info: dict):
+        self.episode_frame = info["episode_frame_number"].copy()
+        self.episode_return = np.zeros(num_envs)
+        self.episode_length = np.zeros(num_envs, dtype=np.int64)
+
+    def step(self, reward: np.ndarray, info: dict):
+        """Account one env step; returns the mask of envs whose step was a reset step, and (env, return, length) of each finished game."""
+        reset_step = info["episode_frame_number"] < self.episode_frame
+        self.episode_frame = info["episode_frame_number"].copy()
+        finished = [(i, self.episode_return[i], int(self.episode_length[i])) for i in np.flatnonzero(reset_step)]
+        self.episode_return[reset_step], self.episode_length[reset_step] = 0.0, 0
+        self.episode_return += reward
+        self.episode_length += ~reset_step
+        return reset_step, finished
+
+
+# ----------------------------------------------------------------------------- network
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+
+
+class Hadamard(nn.Module):
+    """Hadamard representation: branch_a(x) * branch_b(x), two independently initialised branches."""
+
+    def __init__(self, make_branch):
+        super().__init__()
+        self.branch_a = make_branch()
+        self.branch_b = make_branch()
+
+    def forward(self, x):
+        return self.branch_a(x) * self.branch_b(x)
+
+
+def normalised_layer(make_linear, norm_shape, activation: str, hadamard: bool) -> nn.Module:
+    """Linear/conv -> LayerNorm -> activation; with `hadamard` two such branches multiplied."""
+
+    def branch():
+        return nn.Sequential(layer_init(make_linear()), nn.LayerNorm(norm_shape), ACTIVATIONS[activation]())
+
+    return Hadamard(branch) if hadamard else branch()
+
+
+class QNetwork(nn.Module):
+    """CleanRL's PQN network (LayerNorm after every hidden layer); the representation `fc` is 3136 -> width."""
+
+    def __init__(self, num_actions: int, activation: str = "tanh", hadamard: bool = False, hadamard_scope: str = "representation", width: int = REPRESENTATION_WIDTH):
+        super().__init__()
+        conv_act = activation if hadamard_scope == "all" else "relu"
+        conv_hr = hadamard and hadamard_scope == "all"
+        self.conv1 = normalised_layer(lambda: nn.Conv2d(4, 32, 8, stride=4), [32, 20, 20], conv_act, conv_hr)
+        self.conv2 = normalised_layer(lambda: nn.Conv2d(32, 64, 4, stride=2), [64, 9, 9], conv_act, conv_hr)
+        self.conv3 = normalised_layer(lambda: nn.Conv2d(64, 64, 3, stride=1), [64, 7, 7], conv_act, conv_hr)
+        self.fc = normalised_layer(lambda: nn.Linear(3136, width), width, activation, hadamard)
+        self.q = layer_init(nn.Linear(width, num_actions))
+
+    def forward(self, x):
+        x = x.float() / 255.0
+        x = self.conv3(self.conv2(self.conv1(x)))
+        return self.q(self.fc(x.flatten(1)))
+
+    def probe_layers(self) -> dict:
+        """The hidden layers for `common_metrics.probe`: an HR module or the plain layer's activation module."""
+        return {name: (m if isinstance(m, Hadamard) else m[-1]) for name in ("conv1", "conv2", "conv3", "fc") for m in [getattr(self, name)]}
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def param_matched_width(num_actions: int, activation: str, hadamard_scope: str) -> int:
+    """Width of the plain representation whose network has the parameter count closest to the HR network's."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        target = num_parameters(QNetwork(num_actions, activation, True, hadamard_scope))
+        base = num_parameters(QNetwork(num_actions, activation, False, hadamard_scope, REPRESENTATION_WIDTH))
+        per_unit = num_parameters(QNetwork(num_actions, activation, False, hadamard_scope, REPRESENTATION_WIDTH + 1)) - base
+    return REPRESENTATION_WIDTH + round((target - base) / per_unit)
+
+
+# ----------------------------------------------------------------------------- algorithm
+def linear_schedule(start_e: float, end_e: float, duration: float, t: int):
+    if duration <= 0:
+        return end_e
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e)
+
+
+def epsilon_greedy(q_values: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Per-env epsilon-greedy actions, on the device of `q_values` (no Python loop)."""
+    n, num_actions = q_values.shape
+    random_actions = torch.randint(0, num_actions, (n,), device=q_values.device)
+    explore = torch.rand(n, device=q_values.device) < epsilon
+    return torch.where(explore, random_actions, q_values.argmax(dim=1))
+
+
+def q_lambda_returns(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    valid: torch.Tensor,
+    next_max_q: torch.Tensor,
+    gamma: float,
+    q_lambda: float,
+) -> torch.Tensor:
+    """Q(lambda) targets of a rollout, computed backwards; `T x N` tensors.
+
+    Transition t goes from obs[t] by action[t] to obs[t+1] with reward rewards[t] (clipped);
+    next_max_q[t] = max_a Q(obs[t+1]) (for the last step, of the observation after the rollout).
+    valid[t] is False on a reset step (the step after game over or truncation: its action is ignored and
+    it must never enter a target); such steps get a target of 0 and the caller masks them out of the loss.
+        G[t] = r[t]                                                                  if terminated[t]
+        G[t] = r[t] + gamma * max_a Q(obs[t+1])                                      if truncated[t], or t = T-1
+        G[t] = r[t] + gamma * (lambda * G[t+1] + (1 - lambda) * max_a Q(obs[t+1]))  otherwise
+    A life loss is terminated (the game goes on, the next step is valid); truncation bootstraps.
+    """
+    num_steps = rewards.shape[0]
+    returns = torch.zeros_like(rewards)
+    nonterminal = 1.0 - terminated.float()
+    valid_f = valid.float()
+    next_return = torch.zeros_like(rewards[0])
+    for t in reversed(range(num_steps)):
+        if t == num_steps - 1:
+            cont = torch.zeros_like(rewards[t])
+        else:
+            # continue the lambda-return only into a valid next transition of the same game
+            cont = (1.0 - truncated[t].float()) * valid_f[t + 1]
+        bootstrap = cont * (q_lambda * next_return + (1.0 - q_lambda) * next_max_q[t]) + (1.0 - cont) * next_max_q[t]
+        returns[t] = valid_f[t] * (rewards[t] + gamma * nonterminal[t] * bootstrap)
+        next_return = returns[t]
+    return returns
+
+
+def variant_name(args) -> str:
+    return args.activation + ("_hr" if args.hadamard else "") + ("_all" if args.hadamard_scope == "all" else "") + ("_pm" if args.param_matched else "")
+
+
+# ----------------------------------------------------------------------------- checks, evaluation, saving
+def check_args(args: Args):
+    """Settings that cannot work together stop here, before anything is written."""
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "metrics_batch_size"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("total_timesteps", "metrics_interval", "env_threads", "eval_episodes"):
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
+    if args.eval_model is not None and args.eval_episodes == 0:
+        fail("--eval-model needs --eval-episodes of at least 1")
+    batch_size = args.num_envs * args.num_steps
+    if batch_size % args.num_minibatches:
+        fail(f"--num-minibatches {args.num_minibatches} does not divide the batch of {batch_size} (num-envs x num-steps)")
+    if args.total_timesteps < batch_size and args.eval_model is None:
+        fail(f"--total-timesteps {args.total_timesteps} is less than one batch of {batch_size} (num-envs x num-steps)")
+    if not 0.0 <= args.gamma <= 1.0 or not 0.0 <= args.q_lambda <= 1.0:
+        fail(f"--gamma and --q-lambda must be in [0, 1], got {args.gamma} and {args.q_lambda}")
+    if args.learning_rate <= 0 or args.max_grad_norm <= 0:
+        fail(f"--learning-rate and --max-grad-norm must be positive, got {args.learning_rate} and {args.max_grad_norm}")
+    for name in ("start_e", "end_e", "eval_epsilon"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.exploration_fraction < 0:
+        fail(f"--exploration-fraction must be zero or positive, got {args.exploration_fraction}")
+    if args.hadamard and args.param_matched:
+        fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
+    if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
+        fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
+
+
+def load_model(path: str) -> dict:
+    """A model file written by `--save-model` of this script, read with weights_only=True; anything else is a clear error."""
+    if not os.path.isfile(path):
+        fail(f"model file not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        fail(f"cannot read model file {path}: not a PyTorch state file ({type(exc).__name__})")
+    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != ALGORITHM or "state_dict" not in checkpoint:
+        found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        fail(f"model file {path} is not a PQN model of pqn_atari_hadamard.py (found {found!r})")
+    return checkpoint
+
+
+def build_network(checkpoint: dict, device) -> QNetwork:
+    """The network a checkpoint describes, with its weights; a shape mismatch is a clear error."""
+    saved = checkpoint["args"]
+    net = QNetwork(checkpoint["num_actions"], saved["activation"], saved["hadamard"], saved["hadamard_scope"], checkpoint["representation_width"])
+    try:
+        net.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        fail(f"model file does not fit the network it describes: {str(exc).splitlines()[0]}")
+    return net.to(device)
+
+
+def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, episodes: int, epsilon: float, seed: int, device, video_folder=None):
+    """Play `episodes` whole games with the epsilon-greedy policy; return their raw scores."""
+    env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
+    torch.manual_seed(seed)  # the same model and seed play the same games, in training's run and in --eval-model's
+    returns, episode_return = [], 0.0
+    obs, _ = env.reset(seed=seed)
+    while len(returns) < episodes:
+        with torch.no_grad():
+            action = epsilon_greedy(q_network(torch.as_tensor(np.asarray(obs), device=device)[None]), epsilon)
+        obs, reward, terminated, truncated, _ = env.step(action.item())
+        episode_return += reward
+        if terminated or truncated:
+            returns.append(episode_return)
+            episode_return = 0.0
+            if len(returns) < episodes:  # no trailing reset: it would start an empty video
+                obs, _ = env.reset()
+    env.close()
+    return returns
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    checkpoint = load_model(args.eval_model) if args.eval_model else None
+    if checkpoint is not None:  # evaluate the saved model on the game and network it was trained with
+        for key in ("env_id", "activation", "hadamard", "hadamard_scope", "param_matched"):
+            setattr(args, key, checkpoint["args"][key])
+    rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs wandb: pip install wandb")
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
+    variant = variant_name(args)
+    run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_env(rom, args.num_envs, repeat_action_probability, args.env_threads)
+    num_actions = int(envs.single_action_space.n)
+    if checkpoint is not None:
+        if checkpoint["num_actions"] != num_actions:
+            fail(f"model file has {checkpoint['num_actions']} actions but {args.env_id} has {num_actions}")
+        q_network = build_network(checkpoint, device)
+    else:
+        width = param_matched_width(num_actions, args.activation, args.hadamard_scope) if args.param_matched else REPRESENTATION_WIDTH
+        q_network = QNetwork(num_actions, args.activation, args.hadamard, args.hadamard_scope, width).to(device)
+    n_params = num_parameters(q_network)
+    print(f"{run_name}: {variant} network, {n_params:,} parameters, device {device}")
+
+    # Output: nothing is written before this point.
+    run_dir = os.path.join("runs", run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    config = {**asdict(args), "algorithm": ALGORITHM, "variant": variant, "num_parameters": n_params,
+              "representation_width": q_network.q.in_features, "run_name": run_name, "device": str(device)}
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    if args.track:
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config,
+                   name=run_name, save_code=True, dir=run_dir)
+    writer = SummaryWriter(run_dir)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+    )
+
+    global_step, start_time = 0, time.time()
+    if checkpoint is None:
+        optimizer = optim.RAdam(q_network.parameters(), lr=args.learning_rate)
+
+        # ALGO Logic: Storage setup. Observations stay uint8 on the device; the per-step flags are gathered on the
+        # host and cross to the device once per rollout.
+        obs_shape = envs.single_observation_space.shape
+        obs = torch.zeros((args.num_steps, args.num_envs) + obs_shape, dtype=torch.uint8, device=device)
+        actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
+        max_q = torch.zeros((args.num_steps, args.num_envs), device=device)  # max_a Q(obs[t]) at acting time
+        rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+        terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+        truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+        valid = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)  # 0 on autoreset steps
+        exploration_duration = args.exploration_fraction * args.total_timesteps
+
+        # TRY NOT TO MODIFY: start the game
+        next_obs_np, info = envs.reset(seed=args.seed)
+        next_obs = torch.from_numpy(next_obs_np).to(device)
+        episode_stats = EpisodeStats(args.num_envs, info)
+        recent_returns = deque(maxlen=100)
+        next_probe_step, last_print = (0 if args.metrics_interval > 0 else None), 0.0
+
+        for iteration in range(1, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+
+            for step in range(0, args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_obs
+                epsilon = linear_schedule(args.start_e, args.end_e, exploration_duration, global_step)
+
+                # ALGO LOGIC: epsilon-greedy action selection on the device
+                with torch.no_grad():
+                    q_values = q_network(next_obs)
+                    max_q[step] = q_values.max(dim=1).values
+                    action = epsilon_greedy(q_values, epsilon)
+                actions[step] = action
+
+                # TRY NOT TO MODIFY: execute the game and log data.
+                next_obs_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+                next_obs = torch.from_numpy(next_obs_np).to(device)
+                reset_step, finished = episode_stats.step(reward, info)
+                rewards[step] = np.sign(reward)  # clipped for learning; the logged returns are raw scores
+                terminations[step] = terminated
+                truncations[step] = truncated
+                valid[step] = ~reset_step  # this step was an autoreset step: its action was ignored
+
+                for _, episodic_return, episodic_length in finished:
+                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+                    recent_returns.append(episodic_return)
+
+            # Compute Q(lambda) targets
+            with torch.no_grad():
+                next_max_q = torch.cat([max_q[1:], q_network(next_obs).max(dim=1).values[None]])
+                b_valid = torch.from_numpy(valid).to(device)
+                returns = q_lambda_returns(
+                    torch.from_numpy(rewards).to(device),
+                    torch.from_numpy(terminations).to(device),
+                    torch.from_numpy(truncations).to(device),
+                    b_valid,
+                    next_max_q,
+                    args.gamma,
+                    args.q_lambda,
+                )
+
+            # flatten the batch
+            b_obs = obs.reshape((-1,) + obs_shape)
+            b_actions = actions.reshape(-1)
+            b_returns = returns.reshape(-1)
+            b_valid = b_valid.reshape(-1)
+
+            # Representation metrics on valid states of this rollout, before the update changes the network
+            if next_probe_step is not None and global_step >= next_probe_step:
+                candidates = torch.nonzero(b_valid).squeeze(1)
+                probe_idx = candidates[torch.randperm(len(candidates), device=device)[: args.metrics_batch_size]]
+                for tag, value in common_metrics.probe(q_network, b_obs[probe_idx], q_network.probe_layers(), "fc").items():
+                    writer.add_scalar(tag, value, global_step)
+                next_probe_step = global_step + args.metrics_interval
+
+            # Optimizing the Q-network
+            for epoch in range(args.update_epochs):
+                b_inds = torch.randperm(args.batch_size, device=device)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb_inds = b_inds[start : start + args.minibatch_size]
+                    old_val = q_network(b_obs[mb_inds]).gather(1, b_actions[mb_inds].unsqueeze(-1)).squeeze(-1)
+                    mb_valid = b_valid[mb_inds]
+                    # autoreset steps carry no transition: masked out of the loss
+                    loss = (mb_valid * (b_returns[mb_inds] - old_val) ** 2).sum() / mb_valid.sum().clamp(min=1.0)
+
+                    # optimize the model
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
+                    optimizer.step()
+            td_loss, q_mean = torch.stack([loss.detach(), (old_val.detach() * mb_valid).sum() / mb_valid.sum().clamp(min=1.0)]).tolist()
+
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("losses/td_loss", td_loss, global_step)
+            writer.add_scalar("losses/q_values", q_mean, global_step)
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("charts/epsilon", epsilon, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            if time.time() - last_print > 10 or iteration in (1, args.num_iterations):
+                last_print = time.time()
+                recent = f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games" if recent_returns else "no game finished yet"
+                print(f"step {global_step:>10,}/{args.total_timesteps:,}  SPS {sps:>5}  epsilon {epsilon:.3f}  return {recent}", flush=True)
+
+    envs.close()
+    eval_returns = []
+    if checkpoint is not None or args.save_model or args.capture_video:
+        if args.save_model:
+            model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+            torch.save({"algorithm": ALGORITHM, "args": asdict(args), "num_actions": num_actions,
+                        "representation_width": q_network.q.in_features, "state_dict": q_network.state_dict()}, model_path)
+            print(f"model saved to {model_path}")
+        video_folder = os.path.join("videos", run_name) if args.capture_video else None
+        eval_returns = evaluate(q_network, rom, repeat_action_probability, args.eval_episodes, args.eval_epsilon, args.seed, device, video_folder)
+        for idx, episodic_return in enumerate(eval_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+        if eval_returns:
+            print(f"evaluation: mean return {np.mean(eval_returns):.1f} over {len(eval_returns)} games")
+
+    writer.close()
+    with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
+        json.dump({"global_step": global_step, "wall_time_s": time.time() - start_time,
+                   "SPS": int(global_step / max(time.time() - start_time, 1e-9)), "eval_returns": eval_returns}, f)
+    if args.track:
+        wandb.finish()

@@ -1,0 +1,399 @@
+"""benchmark.sh (sweeps, resume, Slurm) and plot_results.py (the report). Most sweep tests run a stand-in for
+python that only writes what a finished run writes; one test runs the quick profile end to end with tiny
+budgets, PPO for real, and its report."""
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SCRIPT_ENV
+
+import plot_results
+
+BENCHMARK = ROOT / "benchmark.sh"
+VARIANT_FLAGS = {"relu": ["--activation", "relu"], "tanh": [], "tanh_hr": ["--hadamard"], "tanh_pm": ["--param-matched"]}
+# Tiny PPO settings: two iterations of 2 envs x 32 steps, a probe every iteration.
+TINY_PPO = ["--total-timesteps", "128", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2",
+            "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32"]
+
+# Stands in for python: records the run it was asked for and writes what a finished run writes.
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+script="$1"; shift
+name=""; args=("$@")
+while [[ $# -gt 0 ]]; do [[ "$1" == --run-name ]] && name="$2"; shift; done
+echo "$name OMP_NUM_THREADS=$OMP_NUM_THREADS $(basename "$script") ${args[*]}" >> calls.txt
+if [[ -n "${FAKE_FAIL:-}" ]]; then echo "error: boom" >&2; exit 1; fi
+mkdir -p "runs/$name" && echo '{}' > "runs/$name/config.json" && echo '{}' > "runs/$name/done.json"
+"""
+
+
+def bench(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(BENCHMARK), *args], cwd=cwd, env={**SCRIPT_ENV, "PYTHON": sys.executable, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def commands(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line and not line.startswith("#")]
+
+
+def arg(command: str, flag: str) -> str:
+    words = command.split()
+    return words[words.index(flag) + 1]
+
+
+@pytest.fixture
+def fake_python(workdir: Path) -> str:
+    path = workdir / "fake_python"
+    path.write_text(FAKE_PYTHON)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def calls(workdir: Path) -> list[str]:
+    path = workdir / "calls.txt"
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# benchmark.sh
+def test_dry_run_prints_the_paper_comparison_and_runs_nothing(workdir):
+    lines = commands(bench("--dry-run", cwd=workdir))
+    assert len(lines) == 3 * 4 * 5 * 3  # scripts x variants x games x seeds
+    names = set()
+    for line in lines:
+        assert line.startswith(f"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {sys.executable} {ROOT}/")
+        name = arg(line, "--run-name")
+        env_id, stem, variant, seed = name.split("__")
+        assert arg(line, "--env-id") == env_id and arg(line, "--seed") == seed
+        assert line.split()[3] == str(ROOT / f"{stem}.py")
+        words = line.split()
+        flags = words[words.index("--seed") + 2 : words.index("--run-name")]
+        assert flags == VARIANT_FLAGS[variant], line
+        assert "--total-timesteps" not in line  # each script's own budget
+        names.add((env_id, stem, variant, seed))
+    games = {f"{g}NoFrameskip-v4" for g in ["Breakout", "Pong", "BeamRider", "SpaceInvaders", "MsPacman"]}
+    assert {n[0] for n in names} == games
+    assert {n[1] for n in names} == {"ppo_atari_hadamard", "dqn_atari_hadamard", "pqn_atari_hadamard"}
+    assert {n[3] for n in names} == {"1", "2", "3"} and len(names) == len(lines)
+    assert list(workdir.iterdir()) == []
+
+
+def test_flags_environment_and_passthrough(workdir):
+    result = bench("--scripts", "ppo", "--variants", "tanh_hr,relu", "--threads", "2", "--total-timesteps", "1000",
+                   "--dry-run", "--", "--num-envs", "4", "--track", cwd=workdir,
+                   GAMES="Pong ALE/Breakout-v5", SEEDS="7", SCRIPT_ARGS="--capture-video")
+    lines = commands(result)
+    assert len(lines) == 4
+    assert {arg(line, "--env-id") for line in lines} == {"PongNoFrameskip-v4", "ALE/Breakout-v5"}
+    assert "ALE-Breakout-v5__ppo_atari_hadamard__tanh_hr__7" in {arg(line, "--run-name") for line in lines}
+    for line in lines:
+        assert line.startswith("OMP_NUM_THREADS=2 ") and arg(line, "--seed") == "7"
+        assert line.endswith("--total-timesteps 1000 --capture-video --num-envs 4 --track")
+    # flags for one script only
+    lines = commands(bench("--scripts", "ppo,pqn", "--games", "Pong", "--seeds", "1", "--variants", "tanh", "--dry-run", cwd=workdir,
+                           PPO_ARGS="--num-steps 8", THREADS="3"))
+    assert len(lines) == 2 and all(line.startswith("OMP_NUM_THREADS=3 MKL_NUM_THREADS=3 ") for line in lines)
+    assert [line.endswith("--num-steps 8") for line in lines] == [True, False]
+    # a flag beats its environment variable
+    lines = commands(bench("--scripts", "ppo", "--games", "MsPacman", "--num-seeds", "2", "--dry-run", cwd=workdir, GAMES="Pong", SEEDS="9"))
+    assert {arg(line, "--env-id") for line in lines} == {"MsPacmanNoFrameskip-v4"}
+    assert sorted({arg(line, "--seed") for line in lines}) == ["1", "2"]
+
+
+def test_quick_profile_dry_run(workdir):
+    lines = commands(bench("--quick", "--dry-run", cwd=workdir))
+    assert len(lines) == 4 * 2
+    assert {arg(line, "--env-id") for line in lines} == {"BreakoutNoFrameskip-v4"}
+    assert {arg(line, "--seed") for line in lines} == {"1", "2"}
+    assert all("ppo_atari_hadamard.py" in line and arg(line, "--total-timesteps") == "50000" for line in lines)
+    assert {arg(line, "--run-name").split("__")[2] for line in lines} == set(VARIANT_FLAGS)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--variants", "tanh,tanh_xx"], "unknown variant 'tanh_xx'"),
+        (["--jobs", "0"], "--jobs must be a positive integer"),
+        (["--scripts", "sac"], "sac_atari_hadamard.py not found"),
+        (["--seeds", "1,b"], "seeds must be integers"),
+        (["--total-timesteps", "-5"], "--total-timesteps must be a positive integer"),
+    ],
+)
+def test_bad_input_is_one_clear_line(workdir, args, message):
+    result = bench(*args, cwd=workdir)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    assert list(workdir.iterdir()) == []
+
+
+def test_resume_skips_finished_runs_and_restarts_interrupted_ones(workdir, fake_python):
+    sweep = ["--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1,2", "--jobs", "2"]
+    result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
+    assert result.returncode == 0, result.stderr
+    assert sorted(calls(workdir)) == sorted(f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{v}__{s}" for v in ["tanh", "tanh_hr"] for s in [1, 2])
+    assert "OMP_NUM_THREADS=1" in (workdir / "calls.txt").read_text()
+    assert "4 of 4 runs finished now" in result.stdout
+
+    # the same command again: every run finished, nothing runs
+    result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
+    assert result.returncode == 0 and len(calls(workdir)) == 4, result.stdout
+    assert "0 to run (0 interrupted: restarted from scratch; 0 running in another sweep: left alone), 4 finished" in result.stdout
+
+    # an interrupted run (no done.json) is removed and runs again from scratch
+    interrupted = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh_hr__2"
+    (interrupted / "done.json").unlink()
+    (interrupted / "stale.txt").write_text("left by the interrupted run")
+    dry = bench(*sweep, "--dry-run", cwd=workdir, PYTHON=fake_python)
+    assert commands(dry) and len(commands(dry)) == 1 and interrupted.name in commands(dry)[0]
+    assert dry.stdout.count("# skip (finished):") == 3
+    result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
+    assert result.returncode == 0, result.stderr
+    assert calls(workdir)[4:] == [interrupted.name]
+    assert (interrupted / "done.json").exists() and not (interrupted / "stale.txt").exists()
+    assert (interrupted / "train.log").exists()
+
+
+def test_a_run_going_on_in_another_sweep_is_left_alone(workdir, fake_python):
+    import fcntl
+
+    name = "PongNoFrameskip-v4__ppo_atari_hadamard__tanh__1"
+    running = workdir / "runs" / name
+    running.mkdir(parents=True)
+    (running / "train.log").write_text("still training")
+    (workdir / "runs" / ".locks").mkdir()
+    with open(workdir / "runs" / ".locks" / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the other sweep's run task holds it
+        result = bench("--scripts", "ppo", "--games", "Pong", "--variants", "tanh", "--seeds", "1,2", cwd=workdir, PYTHON=fake_python)
+    assert result.returncode == 0, result.stderr
+    assert f"skip {name} (running in another sweep)" in result.stdout and "1 running in another sweep; 0 failed" in result.stdout
+    assert calls(workdir) == ["PongNoFrameskip-v4__ppo_atari_hadamard__tanh__2"]
+    assert (running / "train.log").read_text() == "still training"
+
+
+def test_a_failed_run_is_reported_and_retried(workdir, fake_python):
+    sweep = ["--scripts", "ppo", "--games", "Pong", "--variants", "relu", "--seeds", "1"]
+    result = bench(*sweep, cwd=workdir, PYTHON=fake_python, FAKE_FAIL="1")
+    assert result.returncode != 0
+    log = workdir / "runs" / "PongNoFrameskip-v4__ppo_atari_hadamard__relu__1" / "train.log"
+    assert "FAILED PongNoFrameskip-v4__ppo_atari_hadamard__relu__1" in result.stderr and str(log.relative_to(workdir)) in result.stderr
+    assert "error: boom" in log.read_text() and "1 failed" in result.stdout
+    result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
+    assert result.returncode == 0 and (log.parent / "done.json").exists()
+
+
+def slurm_job(stdout: str) -> Path:
+    return Path(next(word.rstrip(":") for word in stdout.split() if word.rstrip(":").endswith("job.sbatch")))
+
+
+def test_slurm_writes_an_array_job_from_the_template(workdir, fake_python):
+    if shutil.which("sbatch"):
+        pytest.skip("Slurm is installed here: the no-sbatch path cannot be checked")
+    sweep = ["--slurm", "--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1,2",
+             "--slurm-time", "2:00:00", "--slurm-cpus", "3", "--sbatch-args", "--partition=gpu --gres=gpu:1", "--", "--num-envs", "4"]
+    result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
+    assert result.returncode == 0, result.stderr
+    assert "sbatch not found" in result.stdout
+    job = slurm_job(result.stdout)
+    assert job.is_file() and job.parent.parent == workdir / "runs" / "_slurm"
+    text = job.read_text()
+    assert not re.search(r"\{\{[A-Z_]+\}\}", text) and text.startswith("#!/bin/bash")
+    for line in ["#SBATCH --array=0-3", "#SBATCH --time=2:00:00", "#SBATCH --cpus-per-task=3", "#SBATCH --partition=gpu",
+                 "#SBATCH --gres=gpu:1", f"cd {workdir}"]:
+        assert line in text.splitlines(), line
+    tasks = (job.parent / "tasks.tsv").read_text().splitlines()
+    assert len(tasks) == 4 and all(task.endswith("--num-envs 4") for task in tasks)
+    assert subprocess.run(["bash", "-n", str(job)]).returncode == 0
+
+    # an array task runs its line of the task list, as Slurm would start it
+    task_env = dict(SCRIPT_ENV, SLURM_ARRAY_TASK_ID="2")
+    run = subprocess.run(["bash", str(job)], cwd="/", env=task_env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    name = tasks[2].split("\t")[0]
+    assert calls(workdir) == [name] and (workdir / "runs" / name / "done.json").exists()
+    # again: the finished task is skipped
+    run = subprocess.run(["bash", str(job)], cwd="/", env=task_env, capture_output=True, text=True, timeout=60)
+    assert "skip" in run.stdout and calls(workdir) == [name]
+    # a new launch leaves the finished run out of the array
+    result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
+    assert "#SBATCH --array=0-2" in slurm_job(result.stdout).read_text()
+
+
+def test_slurm_submits_with_sbatch(workdir, fake_python):
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/usr/bin/env bash\necho "$@" > "$(dirname "$0")/submitted"\necho "Submitted batch job 42"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    result = bench("--slurm", "--quick", cwd=workdir, PYTHON=fake_python, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert result.returncode == 0, result.stderr
+    assert "Submitted batch job 42" in result.stdout
+    job = slurm_job(result.stdout)
+    assert (bin_dir / "submitted").read_text().strip() == str(job)
+    assert "#SBATCH --array=0-7" in job.read_text()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# plot_results.py on runs written here
+def make_run(runs_dir: Path, algorithm: str, variant: str, env_id: str, seed: int, returns=(), dead=(0.1, 0.2),
+             srank=(100.0, 80.0), done=True) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = runs_dir / f"{env_id.replace('/', '-')}__{algorithm}__{variant}__{seed}"
+    writer = SummaryWriter(str(run_dir))
+    for i, value in enumerate(returns):
+        writer.add_scalar("charts/episodic_return", value, 100 * (i + 1))
+    for i, (d, s) in enumerate(zip(dead, srank)):
+        writer.add_scalar("representation/dead_fraction", d, 1000 * i)
+        writer.add_scalar("representation/srank", s, 1000 * i)
+    writer.close()
+    (run_dir / "config.json").write_text(json.dumps({"algorithm": algorithm, "variant": variant, "env_id": env_id, "seed": seed}))
+    if done:
+        (run_dir / "done.json").write_text("{}")
+    return run_dir
+
+
+def report(runs_dir: Path, out: Path, capsys) -> tuple[str, str]:
+    """Run the report in this process; return results.md and what it printed on stderr."""
+    plot_results.main(["--runs-dir", str(runs_dir), "--out", str(out), "--reps", "500"])
+    captured = capsys.readouterr()
+    assert "report:" in captured.out
+    return (out / "results.md").read_text(), captured.err
+
+
+def row(markdown: str, game: str, variant: str) -> list[str]:
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[:2] == [game, variant]:
+            return cells
+    raise AssertionError(f"no row for {game} {variant}")
+
+
+def test_report_values(workdir, capsys):
+    runs = workdir / "runs"
+    scores = {}  # (game, variant) -> per-seed final returns
+    for variant, offset in [("tanh", 0.0), ("tanh_hr", 10.0)]:
+        for seed in (1, 2, 3):
+            # 150 games: the first 50 score 1000 (left out), the last 100 average 20 + offset + seed
+            breakout = [1000.0] * 50 + [19.0 + offset + seed, 21.0 + offset + seed] * 50
+            make_run(runs, "ppo", variant, "BreakoutNoFrameskip-v4", seed, breakout, dead=(0.5, 0.1 * seed), srank=(300.0, 100.0 + seed))
+            make_run(runs, "ppo", variant, "ALE/Pong-v5", seed, [float(seed) + offset / 10] * 3)
+            scores.setdefault(("Breakout", variant), []).append(20.0 + offset + seed)
+            scores.setdefault(("Pong", variant), []).append(seed + offset / 10)
+    make_run(runs, "ppo", "tanh", "TetrisNoFrameskip-v4", 1, [5.0])  # no published scores
+    markdown, _ = report(runs, workdir / "out", capsys)
+
+    cells = row(markdown, "Breakout", "tanh_hr")
+    assert cells[2] == "3" and cells[4] == "32.0 ± 1.0"  # mean ± std over seeds of the last 100 games
+    assert cells[5] == "1.052 ± 0.035"  # (32 - 1.7) / (30.5 - 1.7), std 1 / 28.8
+    assert cells[6] == "0.200 ± 0.100" and cells[7] == "102.0 ± 1.0"
+    assert row(markdown, "Tetris", "tanh")[5] == "n/a (no published scores)"
+    assert "Tetris left out: no published human and random scores" in markdown
+
+    from rliable import metrics
+
+    hns = np.array([[plot_results.human_normalized(scores[(game, "tanh")][s], game) for game in ["Breakout", "Pong"]] for s in range(3)])
+    iqm, median = metrics.aggregate_iqm(hns), metrics.aggregate_median(hns)
+    aggregate_row = next(line for line in markdown.splitlines() if line.startswith("| tanh | 3 |"))
+    assert f"{iqm:.3f} [" in aggregate_row and f"{median:.3f} [" in aggregate_row
+
+    out = workdir / "out"
+    for name in ["results.md", "results.csv", "ppo_return.png", "ppo_dead_fraction.png", "ppo_srank.png", "aggregate_iqm.png"]:
+        assert (out / name).stat().st_size > 1000 or name == "results.csv", name
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 13
+    hr1 = next(r for r in rows if r["variant"] == "tanh_hr" and r["game"] == "Breakout" and r["seed"] == "1")
+    assert float(hr1["final_return"]) == pytest.approx(31.0) and hr1["games"] == "150"
+
+
+def test_bootstrap_intervals_contain_the_point_estimates():
+    scores = np.random.default_rng(0).normal(1.0, 0.3, size=(5, 4))
+    library, _ = plot_results.bootstrap_method()
+    points, intervals = plot_results.interval_estimates(scores, 2000, 0, library)
+    assert intervals.shape == (2, 2) and np.all(intervals[0] <= points) and np.all(points <= intervals[1])
+    assert np.all(intervals[1] - intervals[0] > 0)
+    here = plot_results._bootstrap_here(scores, 4000, np.random.default_rng(1))
+    np.testing.assert_allclose(here, intervals, atol=0.1)  # the same method, another draw
+
+
+def test_report_without_finished_games_still_plots(workdir, capsys):
+    runs = workdir / "runs"
+    for variant in ["relu", "tanh"]:
+        make_run(runs, "dqn", variant, "BreakoutNoFrameskip-v4", 1, returns=(), done=False)
+    markdown, _ = report(runs, workdir / "out", capsys)
+    assert "n/a (no finished game yet)" in row(markdown, "Breakout", "tanh")[4]
+    assert row(markdown, "Breakout", "tanh")[6] == "0.200"
+    assert "no finished game yet on Breakout" in markdown and "have not finished" in markdown
+    for name in ["dqn_return.png", "dqn_dead_fraction.png", "dqn_srank.png", "aggregate_iqm.png"]:
+        assert (workdir / "out" / name).exists()
+
+
+def run_report(workdir: Path, runs_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "plot_results.py"), "--runs-dir", str(runs_dir), "--out", str(workdir / "out")],
+                          cwd=workdir, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no events"])
+def test_report_bad_input_is_one_clear_line(workdir, case):
+    runs = workdir / "runs"
+    if case != "missing":
+        runs.mkdir()
+    if case == "no events":
+        (runs / "BreakoutNoFrameskip-v4__ppo__tanh__1").mkdir()
+        (runs / "BreakoutNoFrameskip-v4__ppo__tanh__1" / "config.json").write_text("{}")
+    result = run_report(workdir, runs)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == (2 if case == "no events" else 1)  # the warning on the run, then the error
+    assert not (workdir / "out").exists()
+
+
+def test_a_run_without_events_is_one_warning_line(workdir, capsys):
+    runs = workdir / "runs"
+    make_run(runs, "ppo", "tanh", "BreakoutNoFrameskip-v4", 1, [3.0])
+    broken = runs / "BreakoutNoFrameskip-v4__ppo__tanh__2"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"algorithm": "ppo", "variant": "tanh", "env_id": "BreakoutNoFrameskip-v4", "seed": 2}))
+    (runs / "_slurm").mkdir()  # benchmark.sh's Slurm files: not a run
+    markdown, err = report(runs, workdir / "out", capsys)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {broken}: no TensorBoard events"), err
+    assert row(markdown, "Breakout", "tanh")[2] == "1"
+
+
+# ------------------------------------------------------------------------------------------------------------
+def test_quick_profile_end_to_end_with_report(workdir):
+    """`benchmark.sh --quick --report` with tiny budgets: 8 real PPO runs, 2 at once, then the report."""
+    result = bench("--quick", "--report", "--out", "results", *TINY_PPO, cwd=workdir, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dirs = sorted(p for p in (workdir / "runs").iterdir() if not p.name.startswith("."))
+    assert len(run_dirs) == 8
+    for run_dir in run_dirs:
+        config = json.loads((run_dir / "config.json").read_text())
+        env_id, stem, variant, seed = run_dir.name.split("__")
+        assert (config["variant"], config["env_id"], str(config["seed"]), config["total_timesteps"]) == (variant, env_id, seed, 128)
+        assert (run_dir / "done.json").exists() and (run_dir / "train.log").exists()
+        assert any(run_dir.glob("events.out.tfevents.*"))
+
+    markdown = (workdir / "results" / "results.md").read_text()
+    for variant in VARIANT_FLAGS:
+        cells = row(markdown, "Breakout", variant)
+        assert cells[2] == "2" and cells[3] == "128"
+        assert not math.isnan(float(cells[6].split(" ")[0])) and float(cells[7].split(" ")[0]) >= 1  # dead fraction, srank
+    for name in ["ppo_return.png", "ppo_dead_fraction.png", "ppo_srank.png", "aggregate_iqm.png"]:
+        assert (workdir / "results" / name).stat().st_size > 1000, name
+
+    # resume: the same command again runs nothing
+    again = bench("--quick", "--dry-run", *TINY_PPO, cwd=workdir)
+    assert commands(again) == [] and again.stdout.count("# skip (finished):") == 8
