@@ -22,18 +22,21 @@ import torch.nn as nn
 ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.GELU: "gelu"}
 SATURATING = ("tanh", "sigmoid")
 SATURATION_THRESHOLD = 0.99
+SATURATION_LOW = 0.01  # sigmoid's lower bound, written out: 1.0 - 0.99 is 0.010000000000000009 in float64
 
 
 # ----------------------------------------------------------------------------- input checks
-def _checked(x: torch.Tensor, name: str, dims: tuple[int, ...]) -> torch.Tensor:
-    """`x` as a float64 tensor, after checking its dimensions, row count and finiteness."""
+def _checked(x: torch.Tensor, name: str, dims: tuple[int, ...], float64: bool = True) -> torch.Tensor:
+    """`x` as a float64 tensor (`float64=False`: its own dtype), after checking its dimensions, row count and finiteness."""
     x = torch.as_tensor(x)
     if x.dim() not in dims:
         raise ValueError(f"{name} must be {' or '.join(f'{d}-D' for d in dims)}, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} has zero rows (shape {tuple(x.shape)}); need at least one state")
-    x = x.detach().to(torch.float64)
-    if not torch.isfinite(x).all():
+    x = x.detach().to(torch.float64) if float64 else x.detach()
+    # aminmax propagates NaN, so min and max are finite only if every value is; one pass, ~10x cheaper
+    # than isfinite(x).all() on a conv map
+    if x.numel() and not all(torch.isfinite(v) for v in torch.aminmax(x)):
         raise ValueError(f"{name} contains NaN or inf")
     return x
 
@@ -50,8 +53,9 @@ def _srank(s: torch.Tensor, delta: float) -> int:
     total = s.sum()
     if total <= 0:
         return 0
-    # `>=` with plain singular values, as Kumar et al. 2021.
-    return int((torch.cumsum(s, 0) / total < 1.0 - delta).sum().item()) + 1
+    # `>=` with plain singular values, as Kumar et al. 2021. At most len(s): with delta near 0 the last
+    # cumulative ratio can round to just below 1.
+    return min(int((torch.cumsum(s, 0) / total < 1.0 - delta).sum().item()) + 1, s.numel())
 
 
 def _effective_rank(s: torch.Tensor) -> float:
@@ -70,7 +74,7 @@ def _feature_rank(s: torch.Tensor, num_rows: int, eps: float) -> int:
 def _stable_rank(s: torch.Tensor) -> float:
     if s.numel() == 0 or s[0] <= 0:
         return 0.0
-    return ((s**2).sum() / s[0] ** 2).item()
+    return ((s / s[0]) ** 2).sum().item()  # ratios first: s**2 under- or overflows for tiny or huge s
 
 
 def srank(features: torch.Tensor, delta: float = 0.01) -> int:
@@ -110,9 +114,10 @@ def feature_norm(features: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- unit-level metrics
-def _per_unit(x: torch.Tensor) -> torch.Tensor:
-    """`units x samples` view: a unit is a column of `N x d`, or a channel of `N x C x H x W` (all states and positions)."""
-    return x.T if x.dim() == 2 else x.transpose(0, 1).flatten(1)
+def _unit_dims(x: torch.Tensor) -> tuple[int, ...]:
+    """The dimensions a unit's statistics reduce over: a unit is a column of `N x d` (all states), or a
+    channel of `N x C x H x W` (all states and positions)."""
+    return (0,) if x.dim() == 2 else (0, 2, 3)
 
 
 def dormant_fraction(activations: torch.Tensor, tau: float = 0.025) -> float:
@@ -121,8 +126,11 @@ def dormant_fraction(activations: torch.Tensor, tau: float = 0.025) -> float:
     score_i = E_x|a_i(x)| / (mean_j E_x|a_j(x)| + 1e-9); unit i is dormant when score_i <= tau
     (tau = 0: exactly zero). For `N x C x H x W` maps a unit is a channel (mean over x and space).
     """
-    a = _checked(activations, "activations", (2, 4))
-    per_unit = _per_unit(a).abs().mean(dim=1)
+    return _dormant_fraction(_checked(activations, "activations", (2, 4)), tau)
+
+
+def _dormant_fraction(a: torch.Tensor, tau: float) -> float:
+    per_unit = a.abs().mean(dim=_unit_dims(a))
     score = per_unit / (per_unit.mean() + 1e-9)
     return (score <= tau).double().mean().item()
 
@@ -161,6 +169,14 @@ def dead_fraction(
     Conv maps (`N x C x H x W`) are scored per channel: every state and every position.
     Saturated tanh units turn their outgoing weights into a fixed bias (Kooi et al., arXiv 2406.09079).
     """
+    if pre_activation_b is None and activation == "relu":
+        # relu' is 1 where z > 0, else 0 (exactly): no float64 copy of a large conv map is needed
+        z = _checked(pre_activation, "pre_activation", (2, 4), float64=False)
+        if not 0.0 < eps_grad:
+            return 0.0
+        if 1.0 < eps_grad:
+            return 1.0
+        return (z.amax(dim=_unit_dims(z)) <= 0).double().mean().item()
     za = _checked(pre_activation, "pre_activation", (2, 4))
     if pre_activation_b is None:
         blocked = activation_derivative(za, activation).abs() < eps_grad
@@ -171,7 +187,7 @@ def dead_fraction(
         grad_a = activation_derivative(za, activation) * _activation(zb, activation)
         grad_b = _activation(za, activation) * activation_derivative(zb, activation)
         blocked = (grad_a.abs() < eps_grad) & (grad_b.abs() < eps_grad)
-    return _per_unit(blocked).all(dim=1).double().mean().item()
+    return blocked.all(dim=_unit_dims(blocked)).double().mean().item()
 
 
 def saturation_fraction(activations: torch.Tensor, activation: str = "tanh") -> float:
@@ -185,8 +201,8 @@ def saturation_fraction(activations: torch.Tensor, activation: str = "tanh") -> 
     if activation == "tanh":
         saturated = a.abs() > SATURATION_THRESHOLD
     else:
-        saturated = (a < 1.0 - SATURATION_THRESHOLD) | (a > SATURATION_THRESHOLD)
-    return _per_unit(saturated).all(dim=1).double().mean().item()
+        saturated = (a < SATURATION_LOW) | (a > SATURATION_THRESHOLD)
+    return saturated.all(dim=_unit_dims(saturated)).double().mean().item()
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -228,7 +244,7 @@ def layer_metrics(
         "feature_rank": float(_feature_rank(s, features.shape[0], 0.01)),
         "stable_rank": _stable_rank(s),
         "feature_norm": features.norm(dim=1).mean().item(),
-        "dormant_fraction": dormant_fraction(output, tau),
+        "dormant_fraction": _dormant_fraction(output, tau),
     }
     if branch_a is None:
         metrics["dead_fraction"] = dead_fraction(pre_activation, activation, eps_grad)

@@ -1,0 +1,426 @@
+"""Tests of common_metrics.py against DESIGN.md section 4: worked values, hand-computed cases, exact
+threshold boundaries, properties (hypothesis), bad input, and the forward-hook probe."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import common_metrics as cm
+
+
+def t(rows) -> torch.Tensor:
+    """A float64 tensor from nested lists."""
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def diag(*values: float, rows: int | None = None) -> torch.Tensor:
+    """A `rows x len(values)` matrix with `values` on the diagonal (square by default)."""
+    x = torch.zeros(rows or len(values), len(values), dtype=torch.float64)
+    x[range(len(values)), range(len(values))] = t(values)
+    return x
+
+
+def cols(*units) -> torch.Tensor:
+    """An `N x units` matrix whose column i is `units[i]` (one value per state)."""
+    return t(units).T.contiguous()
+
+
+def channels(*values: float, n: int = 2, size: int = 2) -> torch.Tensor:
+    """An `n x C x size x size` map whose channel c is constant `values[c]`; set single positions with indexing."""
+    return t(values).view(1, -1, 1, 1).repeat(n, 1, size, size)
+
+
+# N=2, C=3, 2x2 per channel: channel 0 is 4 at one position (mean .5), channels 1 and 2 are 1 and 1.5
+DORMANT_MAP = channels(0, 1, 1.5)
+DORMANT_MAP[0, 0, 0, 0] = 4
+# channel 0 saturated everywhere, channel 1 has one unsaturated position
+SATURATED_MAP = channels(0.999, -0.999, size=3)
+SATURATED_MAP[1, 1, 2, 2] = 0.2
+
+RANKS = (cm.srank, cm.effective_rank, cm.feature_rank, cm.stable_rank)
+FEATURE_FNS = (*RANKS, cm.feature_norm, cm.singular_values)
+UNIT_FNS = (cm.dormant_fraction, cm.dead_fraction, cm.saturation_fraction)
+
+
+# ----------------------------------------------------------------------------- worked and hand-computed values
+@pytest.mark.parametrize(
+    "fn, x, kwargs, expected",
+    [
+        # DESIGN.md section 4
+        (cm.srank, torch.eye(4), {}, 4),
+        (cm.srank, torch.ones(8, 4), {}, 1),
+        (cm.effective_rank, diag(4, 3, 2, 1), {}, 3.596115),
+        (cm.stable_rank, diag(4, 3, 2, 1), {}, 1.875),
+        (cm.effective_rank, torch.eye(4), {}, 4.0),
+        # srank of diag(4,3,2,1): cumulative ratios .4 .7 .9 1
+        (cm.srank, diag(4, 3, 2, 1), {}, 4),
+        (cm.srank, diag(4, 3, 2, 1), {"delta": 0.25}, 3),
+        (cm.srank, diag(4, 3, 2, 1), {"delta": 0.5}, 2),
+        (cm.srank, diag(4, 3, 2, 1), {"delta": 0.75}, 1),
+        (cm.srank, diag(1, 1, 0, rows=5), {}, 2),
+        # the default delta = .01: ratios .96, .99, 1 -> 2 (.99 >= .99)
+        (cm.srank, diag(96, 3, 1), {}, 2),
+        (cm.srank, diag(96, 3, 1), {"delta": 0.001}, 3),
+        # erank: p = (1/2, 1/4, 1/4) -> exp(1.5 log 2) = 2^1.5; zero singular values drop out (0 log 0 = 0)
+        (cm.effective_rank, diag(2, 1, 1), {}, 2**1.5),
+        (cm.effective_rank, diag(5, 5, 0, 0), {}, 2.0),
+        (cm.effective_rank, torch.ones(8, 4), {}, 1.0),
+        # feature rank of diag(4,3,2,1), N = 4: s / sqrt(N) = 2, 1.5, 1, .5
+        (cm.feature_rank, diag(4, 3, 2, 1), {}, 4),
+        (cm.feature_rank, diag(4, 3, 2, 1), {"eps": 0.75}, 3),
+        (cm.feature_rank, diag(4, 3, 2, 1), {"eps": 1.75}, 1),
+        # the default eps = .01: s / 2 = .02, .01 -> 1
+        (cm.feature_rank, diag(0.04, 0.02, rows=4), {}, 1),
+        # 16 x 1 of 0.5: s = 2, s / sqrt(16) = 0.5
+        (cm.feature_rank, torch.full((16, 1), 0.5), {"eps": 0.25}, 1),
+        (cm.feature_rank, torch.full((16, 1), 0.5), {"eps": 0.75}, 0),
+        # stable rank: (4 + 1 + 1) / 4; rank one -> 1
+        (cm.stable_rank, diag(2, 1, 1), {}, 1.5),
+        (cm.stable_rank, torch.ones(8, 4), {}, 1.0),
+        (cm.stable_rank, torch.eye(3), {}, 3.0),
+        # feature norm: rows (3,4,0) and (1,2,2): (5 + 3) / 2
+        (cm.feature_norm, t([[3, 4, 0], [1, 2, 2]]), {}, 4.0),
+        (cm.feature_norm, t([[-3, -4], [0, 0]]), {}, 2.5),
+    ],
+)
+def test_feature_metric_values(fn, x, kwargs, expected):
+    assert fn(x, **kwargs) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("fn", (*RANKS, cm.feature_norm))
+def test_all_zero_features_give_zero(fn):
+    value = fn(torch.zeros(6, 3))
+    assert value == 0 and not math.isnan(value)
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, expected",
+    [
+        # per unit mean |a| = 0, 1 (signs cancel without the abs), 2, 1 -> mean 1 -> scores 0, 1, 2, 1
+        (cols([0, 0], [-1, 1], [2, 2], [1, 1]), {}, 0.25),
+        (cols([0, 0], [-1, 1], [2, 2], [1, 1]), {"tau": 1.0}, 0.75),  # score exactly 1 (up to 1e-9) counts
+        # the default tau = .025: score .02 is dormant, .03 is not
+        (cols([0.02, 0.02], [1.98, 1.98], [1, 1], [1, 1]), {}, 0.25),
+        (cols([0.03, 0.03], [1.97, 1.97], [1, 1], [1, 1]), {}, 0.0),
+        # tau = 0: only exactly-zero units; 1e-12 is not dormant
+        (cols([0, 0], [1e-12, 1e-12], [1, 1]), {"tau": 0.0}, 1 / 3),
+        # all zero: 0 / (0 + 1e-9) = 0 for every unit -> all dormant, no NaN
+        (torch.zeros(3, 4), {}, 1.0),
+        (torch.zeros(3, 4), {"tau": 0.0}, 1.0),
+        # 4-D, per channel: channel means .5, 1, 1.5 -> scores .5, 1, 1.5 (per position, 7 of 12 would be zero)
+        (DORMANT_MAP, {"tau": 0.5}, 1 / 3),
+        (DORMANT_MAP, {"tau": 0.4}, 0.0),
+    ],
+)
+def test_dormant_fraction_values(x, kwargs, expected):
+    assert cm.dormant_fraction(x, **kwargs) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "activation, units, expected",
+    [
+        # relu: dead when z <= 0 on every state (z = 0 passes no gradient)
+        ("relu", ([-1, 0, -2], [-1, 0.5, -1], [0, 0, 0]), 2 / 3),
+        # tanh: 1 - tanh(3)^2 = .0099 (dead), 1 - tanh(2.5)^2 = .0266 (alive)
+        ("tanh", ([3, -3], [3, 0], [2.5, 3]), 1 / 3),
+        # sigmoid: s'(±5) = .0066 (dead), s'(3) = .0452 (alive)
+        ("sigmoid", ([5, -5], [3, 5], [-5, 0]), 1 / 3),
+        # gelu: |g'(-3)| = .0119, |g'(-4)| = .0005 (dead); g'(-2) = -.0852 (alive: the derivative's absolute value)
+        ("gelu", ([-3, -4], [-2, -3], [0.5, -4]), 1 / 3),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # every value here is exact in float32
+def test_dead_fraction_plain(activation, units, expected, dtype):
+    assert cm.dead_fraction(cols(*units).to(dtype), activation) == pytest.approx(expected)
+
+
+def test_dead_fraction_conv_is_per_channel():
+    # channel 0 gets gradient at one position of one state only; channel 1 never
+    z = -torch.ones(3, 2, 4, 4, dtype=torch.float64)
+    z[1, 0, 2, 3] = 0.5
+    assert cm.dead_fraction(z, "relu") == 0.5
+
+
+@pytest.mark.parametrize(
+    "activation, za, zb, expected",
+    [
+        # tanh, h = tanh(za) * tanh(zb); dh/dza = tanh'(za) tanh(zb), dh/dzb = tanh(za) tanh'(zb)
+        (
+            "tanh",
+            # both saturated | a saturated, b passes gradient | saddle 0*0 | alive on state 2 | saturated opposite | b saturated, a passes
+            ([10, 10], [10, 10], [0, 0], [10, 1], [10, 10], [0, 0]),
+            ([10, 10], [0, 0], [0, 0], [10, 1], [-10, -10], [10, 10]),
+            3 / 6,
+        ),
+        # relu: relu(1) * relu(0): dh/dza = 1 * 0, dh/dzb = 1 * relu'(0) = 0 -> dead; relu(1) * relu(2) alive
+        ("relu", ([1, 1], [1, -1]), ([0, -1], [2, 2]), 1 / 2),
+    ],
+)
+def test_dead_fraction_hadamard(activation, za, zb, expected):
+    assert cm.dead_fraction(cols(*za), activation, pre_activation_b=cols(*zb)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "activation, z, derivative", [("relu", 1.0, 1.0), ("relu", -1.0, 0.0), ("tanh", 0.0, 1.0), ("sigmoid", 0.0, 0.25), ("gelu", 0.0, 0.5)]
+)
+def test_dead_fraction_threshold_is_strict(activation, z, derivative):
+    """A derivative exactly eps_grad still passes gradient; one just above eps_grad does not."""
+    x = torch.full((3, 2), z, dtype=torch.float64)
+    assert cm.dead_fraction(x, activation, eps_grad=derivative) == 0.0
+    assert cm.dead_fraction(x, activation, eps_grad=math.nextafter(derivative, math.inf)) == 1.0
+
+
+@pytest.mark.parametrize("za, zb", [(0.25, 0.5), (0.5, 0.25)])
+def test_dead_fraction_hadamard_threshold_is_strict(za, zb):
+    """relu HR: dh/dza = relu(zb) = zb and dh/dzb = relu(za) = za; the larger one equal to eps_grad still passes gradient."""
+    za, zb = torch.full((2, 1), za, dtype=torch.float64), torch.full((2, 1), zb, dtype=torch.float64)
+    assert cm.dead_fraction(za, "relu", eps_grad=0.5, pre_activation_b=zb) == 0.0
+    assert cm.dead_fraction(za, "relu", eps_grad=math.nextafter(0.5, 1), pre_activation_b=zb) == 1.0
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu"])
+def test_activation_derivative_matches_autograd(activation):
+    z = torch.linspace(-6, 6, 97, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(cm._activation(z, activation).sum(), z)
+    assert torch.allclose(cm.activation_derivative(z.detach(), activation), grad, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "activation, x, expected",
+    [
+        # tanh: |a| > .99 on every state; .99 itself is not saturated
+        ("tanh", cols([0.995, -0.995], [0.995, 0.5], [0.99, 0.999], [-0.99, -1.0]), 1 / 4),
+        # sigmoid: a < .01 or a > .99 on every state; .01 and .99 themselves are not saturated
+        ("sigmoid", cols([0.995, 0.005], [0.995, 0.5], [0.01, 0.001], [0.99, 0.999]), 1 / 4),
+        # 4-D, per channel
+        ("tanh", SATURATED_MAP, 0.5),
+    ],
+)
+def test_saturation_fraction(activation, x, expected):
+    assert cm.saturation_fraction(x, activation) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- exact threshold boundaries
+def test_srank_boundary_counts_equality():
+    # diag(3, 1), delta = .25: 3/4 >= 1 - .25 exactly -> k = 1
+    assert cm.srank(diag(3, 1), delta=0.25) == 1
+
+
+def test_feature_rank_boundary_is_strict():
+    # N = 4: s = (1, .5) -> s / 2 = (.5, .25); eps = .25 exactly is not counted
+    x = t([[0.5, 0], [0, 1], [0, 0], [0, 0]])
+    assert cm.feature_rank(x, eps=0.25) == 1
+    assert cm.feature_rank(x, eps=math.nextafter(0.25, 0)) == 2
+
+
+def test_dormant_boundary_counts_equality():
+    # unit means .25, 1, 1, 1.75 (mean exactly 1): score of unit 0 is .25 / (1 + 1e-9), which is dormant at tau equal to it
+    x = cols([0.25, -0.25], [1, 1], [1, -1], [1.75, 1.75])
+    score = 0.25 / (1.0 + 1e-9)
+    assert cm.dormant_fraction(x, tau=score) == 0.25
+    assert cm.dormant_fraction(x, tau=math.nextafter(score, 0)) == 0.0
+
+
+# ----------------------------------------------------------------------------- properties
+matrices = st.tuples(st.integers(1, 7), st.integers(1, 6)).flatmap(
+    lambda shape: arrays(np.float64, shape, elements=st.floats(-10, 10, allow_subnormal=False))
+)
+PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
+
+
+def rank_values(x: torch.Tensor) -> tuple:
+    return cm.srank(x), cm.feature_rank(x), cm.effective_rank(x), cm.stable_rank(x)
+
+
+@PROPERTY_SETTINGS
+@given(matrices, st.randoms(use_true_random=False))
+def test_ranks_unchanged_by_row_permutation(m, rnd):
+    x = torch.from_numpy(m)
+    perm = list(range(x.shape[0]))
+    rnd.shuffle(perm)
+    (s, f, e, r), (sp, fp, ep, rp) = rank_values(x), rank_values(x[perm])
+    assert (s, f) == (sp, fp)
+    assert (ep, rp) == pytest.approx((e, r), rel=1e-9, abs=1e-12)
+
+
+@PROPERTY_SETTINGS
+@given(matrices, st.integers(-6, 6), st.floats(0.1, 10))
+def test_ranks_unchanged_by_positive_scaling(m, power, c):
+    x = torch.from_numpy(m)
+    # a power of two scales the SVD exactly, so the integer srank cannot flip on a rounding boundary
+    assert cm.srank(x * 2.0**power) == cm.srank(x)
+    assert (cm.effective_rank(x * c), cm.stable_rank(x * c)) == pytest.approx((cm.effective_rank(x), cm.stable_rank(x)), rel=1e-9, abs=1e-12)
+
+
+@PROPERTY_SETTINGS
+@given(matrices, st.floats(0.001, 0.5))
+def test_srank_at_most_matrix_rank(m, delta):
+    x = torch.from_numpy(m)
+    rank = int(torch.linalg.matrix_rank(x))
+    assert cm.srank(x, delta) <= rank <= min(x.shape)
+
+
+def test_srank_delta_zero_at_most_width():
+    # delta = 0: the last cumulative ratio often rounds just below 1 (about 1 in 5 of these matrices)
+    x = torch.randn(30, 20, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert max(cm.srank(m, 0.0) for m in x) <= 7
+
+
+# ----------------------------------------------------------------------------- bad input and dtypes
+BAD = {
+    "1-D": torch.ones(4),
+    "3-D": torch.ones(2, 3, 4),
+    "zero rows": torch.ones(0, 3),
+    "NaN": t([[1.0, math.nan], [0, 1]]),
+    "inf": t([[1.0, 0], [math.inf, 1]]),
+    "-inf": t([[1.0, 0], [-math.inf, 1]]),
+}
+
+
+@pytest.mark.parametrize("bad", BAD.values(), ids=BAD.keys())
+@pytest.mark.parametrize("fn", FEATURE_FNS + UNIT_FNS, ids=lambda f: f.__name__)
+def test_bad_input_raises(fn, bad):
+    with pytest.raises(ValueError):
+        fn(bad)
+
+
+@pytest.mark.parametrize("fn", FEATURE_FNS, ids=lambda f: f.__name__)
+def test_feature_metrics_need_2d(fn):
+    with pytest.raises(ValueError, match="2-D"):
+        fn(torch.ones(2, 3, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: cm.dead_fraction(torch.zeros(2, 3), "tanh", pre_activation_b=torch.zeros(2, 4)),
+        lambda: cm.dead_fraction(torch.zeros(2, 3), "tanh", pre_activation_b=t([[0, 0, math.nan], [0, 0, 0]])),
+        lambda: cm.dead_fraction(torch.zeros(2, 3), "softplus"),
+        lambda: cm.saturation_fraction(torch.zeros(2, 3), "relu"),
+        lambda: cm.activation_name(nn.Softplus()),
+    ],
+)
+def test_other_bad_arguments_raise(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+@pytest.mark.parametrize("fn", FEATURE_FNS + UNIT_FNS, ids=lambda f: f.__name__)
+def test_float32_and_float64_agree(fn):
+    x32 = torch.randn(9, 5, generator=torch.Generator().manual_seed(0)).tanh()
+    a, b = fn(x32), fn(x32.double())
+    assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+# ----------------------------------------------------------------------------- the probe
+class HR(nn.Module):
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.branch_a = nn.Sequential(nn.Linear(n_in, n_out), nn.Tanh())
+        self.branch_b = nn.Sequential(nn.Linear(n_in, n_out), nn.Tanh())
+
+    def forward(self, x):
+        return self.branch_a(x) * self.branch_b(x)
+
+
+def expected_metrics(output, activation, pre=None, branches=None, eps_grad=0.02, tau=0.025, delta=0.01) -> dict[str, float]:
+    """Every metric of one layer by direct calls of the public functions on its tensors."""
+    features = output if output.dim() == 2 else output.double().mean(dim=(2, 3))  # the probe averages in float64
+    m = {f.__name__: f(features) for f in (cm.effective_rank, cm.feature_rank, cm.stable_rank, cm.feature_norm)}
+    m |= {"srank": cm.srank(features, delta), "dormant_fraction": cm.dormant_fraction(output, tau)}
+    if branches is None:
+        m["dead_fraction"] = cm.dead_fraction(pre, activation, eps_grad)
+        if activation in cm.SATURATING:
+            m["saturation_fraction"] = cm.saturation_fraction(output, activation)
+        return m
+    (za, a), (zb, b) = branches
+    m |= {
+        "dead_fraction": cm.dead_fraction(za, activation, pre_activation_b=zb),
+        "dead_fraction_a": cm.dead_fraction(za, activation),
+        "dead_fraction_b": cm.dead_fraction(zb, activation),
+        "saturation_fraction_a": cm.saturation_fraction(a, activation),
+        "saturation_fraction_b": cm.saturation_fraction(b, activation),
+    }
+    m["saturation_fraction"] = (m["saturation_fraction_a"] + m["saturation_fraction_b"]) / 2
+    return m
+
+
+def assert_tags(tags, layer, expected, representation: bool):
+    prefixes = ["representation/" + layer + "/"] + (["representation/"] if representation else [])
+    for prefix in prefixes:
+        got = {k[len(prefix) :]: v for k, v in tags.items() if k.startswith(prefix) and "/" not in k[len(prefix) :]}
+        assert got.keys() == expected.keys()
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_layer_metrics_uses_rows_for_feature_rank():
+    # N = 4 states, d = 2 units: s / sqrt(4) = .02, .01 -> feature rank 1 (s / sqrt(2) would give 2)
+    out = diag(0.04, 0.02, rows=4)
+    metrics = cm.layer_metrics(out, out.atanh(), "tanh")
+    assert metrics["feature_rank"] == 1
+    assert metrics == pytest.approx(expected_metrics(out, "tanh", out.atanh()), rel=1e-12, abs=1e-12)
+
+
+def assert_no_hooks(model):
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+# non-default settings that change srank, dormant and dead fractions of this network (eps_grad 1.5: every unit dead)
+@pytest.mark.parametrize("kwargs", [{}, {"eps_grad": 1.5, "tau": 0.9, "delta": 0.25}])
+def test_probe_conv_and_tanh_layers(kwargs):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 5), nn.Tanh())
+    obs = torch.randn(12, 2, 6, 6)
+    model.train()
+    tags = cm.probe(model, obs, {"conv": model[1], "fc": model[4]}, representation="fc", **kwargs)
+    assert_no_hooks(model)
+    assert model.training
+    with torch.no_grad():
+        z_conv = model[0](obs)
+        conv = model[1](z_conv)
+        z_fc = model[3](model[2](conv))
+    assert_tags(tags, "conv", expected_metrics(conv, "relu", z_conv, **kwargs), representation=False)
+    assert_tags(tags, "fc", expected_metrics(torch.tanh(z_fc), "tanh", z_fc, **kwargs), representation=True)
+    assert len(tags) == 7 + 8 + 8
+
+
+def test_probe_hadamard_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), HR(6, 5))
+    hr = model[2]
+    with torch.no_grad():  # branch a saturated on every state (tanh(10)); branch b near 0, gradient ~1
+        hr.branch_a[0].weight.zero_()
+        hr.branch_a[0].bias.fill_(10.0)
+        hr.branch_b[0].weight.mul_(0.1)
+        hr.branch_b[0].bias.zero_()
+    obs = torch.randn(16, 4)
+    tags = cm.probe(model, obs / 255, {"hr": hr}, "hr", forward=lambda o: model(o * 255))
+    assert_no_hooks(model)
+    with torch.no_grad():
+        x = model[:2](obs)
+        za, zb = hr.branch_a[0](x), hr.branch_b[0](x)
+    expected = expected_metrics(torch.tanh(za) * torch.tanh(zb), "tanh", branches=((za, torch.tanh(za)), (zb, torch.tanh(zb))))
+    assert_tags(tags, "hr", expected, representation=True)
+    assert tags["representation/hr/dead_fraction_a"] == 1.0 and tags["representation/hr/saturation_fraction_a"] == 1.0
+    assert tags["representation/hr/dead_fraction"] == 0.0 and tags["representation/hr/dead_fraction_b"] == 0.0
+    assert tags["representation/saturation_fraction"] == 0.5
+
+
+def test_probe_rejects_unknown_representation_and_removes_hooks_on_error():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+    with pytest.raises(ValueError, match="representation"):
+        cm.probe(model, torch.zeros(2, 3), {"fc": model[1]}, representation="encoder")
+
+    def failing_forward(obs):
+        model(obs)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        cm.probe(model, torch.zeros(2, 3), {"fc": model[1]}, "fc", forward=failing_forward)
+    assert_no_hooks(model)
