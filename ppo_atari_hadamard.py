@@ -69,7 +69,7 @@ class Args:
     param_matched: bool = False
     """widen the plain representation to the parameter count of the Hadamard network"""
     metrics_interval: int = 50_000
-    """log representation metrics every this many environment steps"""
+    """log representation metrics every this many environment steps (0: never)"""
     metrics_batch_size: int = 256
     """the number of rollout states the representation metrics are computed on"""
 
@@ -125,11 +125,14 @@ def fail(message: str):
 
 def check_args(args: Args):
     """Settings that cannot work together stop here, before anything is written."""
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "metrics_interval", "metrics_batch_size"):
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "metrics_batch_size"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.eval_episodes < 0:
-        fail(f"--eval-episodes must be zero or positive, got {args.eval_episodes}")
+    for name in ("metrics_interval", "env_threads", "eval_episodes"):
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
+    if args.eval_model is not None and args.eval_episodes == 0:
+        fail("--eval-model needs --eval-episodes of at least 1")
     batch_size = args.num_envs * args.num_steps
     if batch_size % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} does not divide the batch of {batch_size} (num-envs x num-steps)")
@@ -501,7 +504,7 @@ if __name__ == "__main__":
         next_obs = torch.from_numpy(next_obs_np).to(device)
         episode_stats = EpisodeStats(args.num_envs, info)
         recent_returns = deque(maxlen=100)
-        next_probe_step, last_print = 0, 0.0
+        next_probe_step, last_print = (0 if args.metrics_interval > 0 else None), 0.0
 
         for iteration in range(1, args.num_iterations + 1):
             # Annealing the rate if instructed to do so.
@@ -532,9 +535,10 @@ if __name__ == "__main__":
             b_values = rollout.values.reshape(-1)
             b_valid = rollout.valid.reshape(-1)
 
-            # Representation metrics on states of this rollout, before the update changes the network
-            if global_step >= next_probe_step:
-                probe_idx = torch.randperm(args.batch_size, device=device)[: args.metrics_batch_size]
+            # Representation metrics on valid states of this rollout, before the update changes the network
+            if next_probe_step is not None and global_step >= next_probe_step:
+                candidates = torch.nonzero(b_valid).squeeze(1)
+                probe_idx = candidates[torch.randperm(len(candidates), device=device)[: args.metrics_batch_size]]
                 metrics = common_metrics.probe(agent, b_obs[probe_idx], agent.hidden_layers(), "fc", forward=agent.get_value)
                 for tag, value in metrics.items():
                     writer.add_scalar(tag, value, global_step)

@@ -185,6 +185,7 @@ def test_bad_model_files_are_one_line_errors(workdir):
         (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
         (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "does not divide"),
         (["--hadamard", "--param-matched"], "one or the other"),
+        (["--metrics-interval", "-1"], "--metrics-interval must be zero or positive"),
         (["--num-envs", "8", "--num-steps", "128", "--total-timesteps", "100"], "less than one batch"),
     ],
 )
