@@ -1,0 +1,656 @@
+# DQN on Atari with a Hadamard representation (Kooi et al., arXiv 2406.09079), after CleanRL's dqn_atari.py,
+# with a replay buffer that stores each 84x84 frame once (about 7 GB for 1M transitions instead of 26 GiB).
+# Usage: python dqn_atari_hadamard.py --env-id BreakoutNoFrameskip-v4 --hadamard
+import difflib
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+import tyro
+from ale_py.env import AtariEnv
+from ale_py.roms import get_all_rom_ids
+from ale_py.vector_env import AtariVectorEnv
+from torch.utils.tensorboard import SummaryWriter
+
+import common_metrics
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "hadamard-atari"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to record videos of the evaluation episodes to `videos/<run_name>/`"""
+    save_model: bool = False
+    """whether to save the model to `runs/<run_name>/` and then evaluate it"""
+    eval_episodes: int = 10
+    """the number of whole games played by the evaluation after training"""
+    eval_model: Optional[str] = None
+    """skip training: load this model file and evaluate it"""
+    run_name: Optional[str] = None
+    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`)"""
+
+    # Environment
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """the id of the environment: `BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5`"""
+    repeat_action_probability: Optional[float] = None
+    """sticky actions (default: 0.25 for `ALE/...-v5` ids, 0.0 otherwise)"""
+    env_threads: int = 0
+    """the number of C++ threads stepping the envs (0: one per env, up to the cores)"""
+
+    # Representation
+    activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
+    """the activation of the representation layer"""
+    hadamard: bool = False
+    """make the representation the element-wise product of two independent layers"""
+    param_matched: bool = False
+    """widen the plain representation to the parameter count of the Hadamard network"""
+    metrics_interval: int = 50_000
+    """log representation metrics every this many environment steps (0: never)"""
+    metrics_batch_size: int = 256
+    """the number of replay-buffer states the representation metrics are computed on"""
+
+    # Algorithm specific arguments
+    total_timesteps: int = 10_000_000
+    """total timesteps of the experiments"""
+    learning_rate: float = 1e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    buffer_size: int = 1_000_000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 1.0
+    """the target network update rate"""
+    target_network_frequency: int = 1000
+    """the timesteps it takes to update the target network"""
+    batch_size: int = 32
+    """the batch size of sample from the reply memory"""
+    start_e: float = 1
+    """the starting epsilon for exploration"""
+    end_e: float = 0.01
+    """the ending epsilon for exploration (also the evaluation's epsilon)"""
+    exploration_fraction: float = 0.10
+    """the fraction of `total-timesteps` it takes from start-e to go end-e"""
+    learning_starts: int = 80000
+    """timestep to start learning"""
+    train_frequency: int = 4
+    """the frequency of training"""
+    compile: bool = False
+    """compile the TD loss with torch.compile (about 10% faster updates on CPU after a start-up of tens of seconds)"""
+
+
+def fail(message: str):
+    """Bad input: one clear line on stderr and a non-zero exit, before any output is written."""
+    sys.exit(f"error: {message}")
+
+
+def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tuple[str, float]:
+    """`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5` -> (ALE ROM id, sticky-action probability)."""
+    match = re.fullmatch(r"(ALE/)?([A-Za-z0-9]+?)(NoFrameskip)?-v[45]", env_id)
+    roms = {rom.replace("_", ""): rom for rom in get_all_rom_ids()}
+    if match is None or match.group(2).lower() not in roms:
+        names = ["".join(part.capitalize() for part in rom.split("_")) for rom in roms.values()]
+        name = match.group(2) if match else env_id
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(f'{n}NoFrameskip-v4' for n in close)}?" if close else ""
+        fail(f"unknown Atari game in env id {env_id!r} (expected e.g. BreakoutNoFrameskip-v4, ALE/Breakout-v5 or Breakout-v5){hint}")
+    if repeat_action_probability is None:
+        repeat_action_probability = 0.25 if match.group(1) else 0.0
+    return roms[match.group(2).lower()], repeat_action_probability
+
+
+def make_env(rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30, **kwargs) -> AtariVectorEnv:
+    """Nature-DQN preprocessing in ale-py's C++ vector env: 30 noop starts, fire reset, frame skip 4 with
+    max-pool, 84x84 grayscale, 4-frame stack. A life loss is `terminated` while the game goes on
+    (`life_loss_info`); rewards stay raw so that episodic returns are game scores. `kwargs` go to the env."""
+    return AtariVectorEnv(
+        rom,
+        num_envs,
+        num_threads=num_threads,
+        noop_max=noop_max,
+        repeat_action_probability=repeat_action_probability,
+        episodic_life=False,
+        life_loss_info=True,
+        reward_clipping=False,
+        **kwargs,
+    )
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE for one native frame after reset, as the vector env's `use_fire_reset` does."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if "FIRE" in self.env.unwrapped.get_action_meanings():
+            obs, _, _, _, info = self.env.step(self.env.unwrapped.get_action_meanings().index("FIRE"))
+        return obs, info
+
+
+def make_eval_env(rom: str, repeat_action_probability: float, noop_max: int = 30, video_folder: Optional[str] = None) -> gym.Env:
+    """One gymnasium env whose observations equal the vector env's, and that can render frames for
+    `--capture-video`; an episode is a whole game."""
+    env = AtariEnv(
+        rom,
+        frameskip=1,
+        repeat_action_probability=repeat_action_probability,
+        max_num_frames_per_episode=108_000,
+        render_mode="rgb_array" if video_folder else None,
+    )
+    if video_folder:
+        env = gym.wrappers.RecordVideo(env, video_folder, episode_trigger=lambda episode: True, fps=60)
+    env = FireReset(env)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84, terminal_on_life_loss=False)
+    return gym.wrappers.FrameStackObservation(env, 4, padding_type="zero")
+
+
+class EpisodeStats:
+    """Raw score and length of each env's current game. With next-step autoreset, the env spends one step
+    resetting after a game over or a truncation: the action is ignored and the episode frame counter
+    restarts. That reset step ends the game's bookkeeping and enters no loss. A life loss is `terminated`
+    for learning while the game goes on (and some games end with lives left), so lives cannot tell."""
+
+    def __init__(self, num_envs: int, info: dict):
+        self.episode_frame = info["episode_frame_number"].copy()
+        self.episode_return = np.zeros(num_envs)
+        self.episode_length = np.zeros(num_envs, dtype=np.int64)
+
+    def step(self, reward: np.ndarray, info: dict):
+        """Account one env step; returns the reset-step mask and (env, return, length) of each finished game."""
+        reset_step = info["episode_frame_number"] < self.episode_frame
+        self.episode_frame = info["episode_frame_number"].copy()
+        finished = [(i, self.episode_return[i], int(self.episode_length[i])) for i in np.flatnonzero(reset_step)]
+        self.episode_return[reset_step], self.episode_length[reset_step] = 0.0, 0
+        self.episode_return += reward
+        self.episode_length += ~reset_step
+        return reset_step, finished
+
+
+# ----------------------------------------------------------------------------- replay buffer
+class FrameReplayBuffer:
+    """Replay memory that stores each 84x84 frame once and rebuilds the 4-frame stacks when sampling.
+
+    Every env has its own ring of slots; each vector-env step writes one slot per env: the newest frame of
+    the observation it returned, plus the transition *from* the previous slot (action, raw reward,
+    `terminated`), unless that step was an autoreset step (the env's previous step ended the game), whose
+    observation then starts an episode and whose transition is never stored. A stack is rebuilt from the
+    slot's frame and the `stack - 1` frames written before it, with zero frames before the episode start
+    (the vector env pads a new episode's stack with zeros), so a sampled observation equals exactly what the
+    env returned. A life loss is `terminated` but the game (and the stack) goes on; a truncation keeps
+    `terminated=False` so that its target bootstraps from the final observation.
+
+    Each slot records the write count at which it was written, so a transition whose history or next
+    observation has been overwritten (wrap-around) is never sampled. Each ring holds `ceil(buffer_size /
+    num_envs) + stack` slots, so that the newest `buffer_size` transitions always keep their history.
+    """
+
+    HAS_NEXT = 1  # the slot's transition (action, reward, terminated, next observation) is stored
+    TERMINATED = 2  # the transition's target does not bootstrap
+    EPISODE_START = 4  # the slot's observation starts an episode: frames before it are zeros
+    NEVER = -(2**62)  # the stamp of a slot never written: no write count is near it
+
+    def __init__(self, buffer_size: int, num_envs: int, frame_shape=(84, 84), stack: int = 4, seed: Optional[int] = None):
+        if buffer_size < 1 or num_envs < 1 or stack < 1:
+            raise ValueError(f"buffer_size, num_envs and stack must be >= 1, got {buffer_size}, {num_envs}, {stack}")
+        self.num_envs, self.stack, self.frame_shape = num_envs, stack, tuple(frame_shape)
+        self.slots = -(-buffer_size // num_envs) + stack
+        shape = (num_envs, self.slots)
+        self.frames = np.zeros(shape + self.frame_shape, dtype=np.uint8)
+        self.actions = np.zeros(shape, dtype=np.uint8)
+        self.rewards = np.zeros(shape, dtype=np.float32)
+        self.flags = np.zeros(shape, dtype=np.uint8)
+        self.stamps = np.full(shape, self.NEVER, dtype=np.int64)  # the write count of each slot
+        self.pos = 0  # the next slot to write (the same in every ring)
+        self.writes = 0  # slots written per ring so far
+        self.rng = np.random.default_rng(seed)
+        self._offsets = np.arange(-(stack - 1), 2)  # the history, the slot itself, the next slot
+        self._envs = np.arange(num_envs)
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.frames, self.actions, self.rewards, self.flags, self.stamps))
+
+    def add(self, obs: np.ndarray, actions=None, rewards=None, terminated=None, episode_start=None):
+        """Record one vector-env step: `obs` (num_envs x stack x H x W) is the observation it returned,
+        `actions`, `rewards`, `terminated` describe the transition from the previous observation.
+        `episode_start[e]`: env e's step was an autoreset step, its `obs` starts a new episode and the step's
+        transition is dropped. The first call (after `reset`) must mark every env as an episode start."""
+        n = self.num_envs
+        episode_start = np.ones(n, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool)
+        if self.writes == 0 and not episode_start.all():
+            raise ValueError("the first observation of each env must start an episode (pass the reset observation)")
+        if obs.shape != (n, self.stack) + self.frame_shape:
+            raise ValueError(f"expected observations of shape {(n, self.stack) + self.frame_shape}, got {obs.shape}")
+        starts = np.flatnonzero(episode_start)
+        if starts.size and obs[starts, :-1].any():
+            raise ValueError("an episode's first observation must be zero-padded (only its newest frame non-zero)")
+        slot, prev = self.pos, (self.pos - 1) % self.slots
+        cont = np.flatnonzero(~episode_start)
+        if cont.size:
+            self.actions[cont, prev] = np.asarray(actions)[cont]
+            self.rewards[cont, prev] = np.asarray(rewards)[cont]
+            self.flags[cont, prev] |= self.HAS_NEXT | np.where(np.asarray(terminated)[cont], self.TERMINATED, 0).astype(np.uint8)
+        self.frames[:, slot] = obs[:, -1]
+        self.flags[:, slot] = np.where(episode_start, self.EPISODE_START, 0)
+        self.stamps[:, slot] = self.writes
+        self.pos = (slot + 1) % self.slots
+        self.writes += 1
+
+    def _check(self, env: np.ndarray, slot: np.ndarray):
+        """For candidate transitions (env, slot): which are complete, the slot indices of their stacks
+        (history, slot, next) and which history frames lie before the episode start (zero frames)."""
+        k = self.stack - 1
+        idx = (slot[:, None] + self._offsets) % self.slots
+        stamps = self.stamps[env[:, None], idx]
+        flags = self.flags[env[:, None], idx]
+        genuine = stamps == stamps[:, k : k + 1] + self._offsets  # the slot holds the write it should
+        start = (flags[:, 1 : k + 1] & self.EPISODE_START) != 0
+        # before_start[:, j]: an episode starts after history column j, so its frame is a zero frame
+        before_start = np.logical_or.accumulate(start[:, ::-1], axis=1)[:, ::-1]
+        valid = ((flags[:, k] & self.HAS_NEXT) != 0) & genuine[:, k + 1] & (stamps[:, k] >= 0)
+        valid &= (genuine[:, :k] | before_start).all(axis=1)
+        return valid, idx, before_start
+
+    def valid_transitions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (env, slot) pair holding a complete transition (a full scan; for tests and probes)."""
+        filled = min(self.writes, self.slots)
+        env, slot = np.repeat(self._envs, filled), np.tile(np.arange(filled), self.num_envs)
+        valid = self._check(env, slot)[0]
+        return env[valid], slot[valid]
+
+    def sample_index(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """`batch_size` transitions drawn uniformly, with replacement, among the complete ones (rejection sampling)."""
+        filled = min(self.writes, self.slots)
+        envs, slots, got = [], [], 0
+        for _ in range(16):
+            n = 2 * (batch_size - got) + 16
+            env, slot = self.rng.integers(0, self.num_envs, n), self.rng.integers(0, max(filled, 1), n)
+            valid = self._check(env, slot)[0]
+            envs.append(env[valid]), slots.append(slot[valid])
+            got += int(valid.sum())
+            if got >= batch_size:
+                return np.concatenate(envs)[:batch_size], np.concatenate(slots)[:batch_size]
+        env, slot = self.valid_transitions()  # few complete transitions (a tiny buffer): draw among all of them
+        if env.size == 0:
+            raise ValueError("the replay buffer holds no complete transition yet")
+        pick = self.rng.integers(0, env.size, batch_size)
+        return env[pick], slot[pick]
+
+    def get(self, env: np.ndarray, slot: np.ndarray):
+        """The transitions at (env, slot): (frames, actions, rewards, terminated) where `frames` is
+        `n x (stack + 1) x H x W`: `frames[:, :-1]` is the observation and `frames[:, 1:]` the next one."""
+        _, idx, before_start = self._check(env, slot)
+        frames = self.frames[env[:, None], idx]
+        frames[:, : self.stack - 1][before_start] = 0
+        terminated = (self.flags[env, slot] & self.TERMINATED) != 0
+        return frames, self.actions[env, slot].astype(np.int64), self.rewards[env, slot], terminated
+
+    def try_sample(self, batch_size: int):
+        """`get` of `batch_size` uniformly drawn transitions, or None while the buffer holds no complete one."""
+        try:
+            return self.get(*self.sample_index(batch_size))
+        except ValueError:
+            return None
+
+    def sample(self, batch_size: int):
+        """(obs, actions, rewards, next_obs, terminated) of `batch_size` transitions drawn uniformly;
+        `obs` and `next_obs` are views of one `n x (stack + 1) x H x W` array."""
+        frames, actions, rewards, terminated = self.get(*self.sample_index(batch_size))
+        return frames[:, :-1], actions, rewards, frames[:, 1:], terminated
+
+
+# ----------------------------------------------------------------------------- network
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+
+
+class Hadamard(nn.Module):
+    """Hadamard representation: act(W_a z + b_a) * act(W_b z + b_b), two independently parameterised branches."""
+
+    def __init__(self, make_branch):
+        super().__init__()
+        self.branch_a = make_branch()
+        self.branch_b = make_branch()
+
+    def forward(self, x):
+        return self.branch_a(x) * self.branch_b(x)
+
+
+def representation_width(hadamard: bool, param_matched: bool, num_actions: int, width: int = 512) -> int:
+    """512 units, or for `--param-matched` the plain width whose network has the HR network's parameter count.
+    Each representation unit carries 3136 + 1 input parameters per branch and num_actions Q-head weights."""
+    if not param_matched:
+        return width
+    return round(width * (2 * 3137 + num_actions) / (3137 + num_actions))
+
+
+class QNetwork(nn.Module):
+    """CleanRL's Nature-DQN Q-network (PyTorch's default initialisation) with the representation layer swappable."""
+
+    def __init__(self, num_actions: int, activation: str = "tanh", hadamard: bool = False, width: int = 512):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Conv2d(4, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+
+        def branch():
+            return nn.Sequential(nn.Linear(64 * 7 * 7, width), ACTIVATIONS[activation]())
+
+        self.representation = Hadamard(branch) if hadamard else branch()
+        self.q = nn.Linear(width, num_actions)
+        self.network.to(memory_format=torch.channels_last)  # about 10% faster convolutions on CPU (oneDNN), same values
+
+    def hidden_layers(self) -> dict[str, nn.Module]:
+        """The modules common_metrics.probe hooks: each conv activation, and the representation."""
+        fc = self.representation if isinstance(self.representation, Hadamard) else self.representation[-1]
+        return {"conv1": self.network[1], "conv2": self.network[3], "conv3": self.network[5], "fc": fc}
+
+    def forward(self, x):
+        return self.q(self.representation(self.network(x.float() / 255.0)))
+
+
+def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
+    if duration <= 0:
+        return end_e
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e)
+
+
+def steps_due(start: int, count: int, every: int, after: int = -1) -> int:
+    """How many of the env steps start, ..., start + count - 1 are multiples of `every` and greater than `after`
+    (CleanRL's `global_step > learning_starts and global_step % every == 0`, for `count` envs at a time)."""
+    first = max(start, after + 1)
+    end = start + count
+    if every <= 0 or first >= end:
+        return 0
+    return (end - 1) // every - (first - 1) // every
+
+
+def td_loss(q_network, target_network, frames, actions, rewards, dones, gamma: float):
+    """CleanRL's DQN loss: MSE between Q(s, a) and sign(r) + gamma * max_a' Q_target(s', a') * (1 - terminated)."""
+    with torch.no_grad():
+        target_max, _ = target_network(frames[:, 1:]).max(dim=1)
+        td_target = rewards.sign() + gamma * target_max * (1 - dones)
+    old_val = q_network(frames[:, :-1]).gather(1, actions[:, None]).squeeze(1)
+    return F.mse_loss(td_target, old_val), old_val.detach().mean()
+
+
+def td_update(q_network, target_network, optimizer, frames, actions, rewards, terminated, gamma: float, device, loss_fn=td_loss):
+    """One DQN step on a replay batch (frames: n x 5 x 84 x 84 uint8, obs = frames[:, :-1], next obs = frames[:, 1:];
+    raw rewards, clipped with sign in the loss). `loss_fn` is `td_loss` or its `torch.compile`d version."""
+    frames = torch.from_numpy(frames).to(device)
+    actions = torch.from_numpy(actions).to(device)
+    rewards = torch.from_numpy(rewards).to(device)
+    dones = torch.from_numpy(terminated).to(device).float()
+    loss, q_mean = loss_fn(q_network, target_network, frames, actions, rewards, dones, gamma)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), q_mean
+
+
+def update_target(target_network, q_network, tau: float):
+    for target_param, param in zip(target_network.parameters(), q_network.parameters()):
+        target_param.data.copy_(tau * param.data + (1.0 - tau) * target_param.data)
+
+
+def make_optimizer(params, learning_rate: float):
+    """Adam as CleanRL; the fused kernel where this torch has it (same algorithm, fewer kernel launches)."""
+    try:
+        return optim.Adam(params, lr=learning_rate, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return optim.Adam(params, lr=learning_rate)
+
+
+# ----------------------------------------------------------------------------- models and evaluation
+def load_model(path: str) -> dict:
+    """A model file written by `--save-model` of this script, read with weights_only=True; anything else is a clear error."""
+    if not os.path.isfile(path):
+        fail(f"model file not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        fail(f"cannot read model file {path}: not a PyTorch state file ({type(exc).__name__})")
+    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != "dqn" or "state_dict" not in checkpoint:
+        found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        fail(f"model file {path} is not a DQN model of dqn_atari_hadamard.py (found {found!r})")
+    saved = checkpoint.get("args")
+    missing = [key for key in ("num_actions", "representation_width") if key not in checkpoint]
+    missing += [f"args.{key}" for key in ("env_id", "activation", "hadamard", "param_matched") if not isinstance(saved, dict) or key not in saved]
+    if missing:
+        fail(f"model file {path} lacks {', '.join(missing)}: not written by dqn_atari_hadamard.py --save-model")
+    return checkpoint
+
+
+def build_q_network(checkpoint: dict, device) -> QNetwork:
+    """The Q-network a checkpoint describes, with its weights; a shape mismatch is a clear error."""
+    saved = checkpoint["args"]
+    q_network = QNetwork(checkpoint["num_actions"], saved["activation"], saved["hadamard"], checkpoint["representation_width"])
+    try:
+        q_network.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        fail(f"model file does not fit the network it describes: {str(exc).splitlines()[0]}")
+    return q_network.to(device)
+
+
+def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, episodes: int, epsilon: float, seed: int, device, video_folder=None):
+    """Play `episodes` whole games epsilon-greedily (CleanRL's DQN evaluation); return their raw scores."""
+    env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
+    rng = np.random.default_rng(seed)  # the same model and seed play the same games, in training's run and in --eval-model's
+    returns, episode_return = [], 0.0
+    obs, _ = env.reset(seed=seed)
+    was_training = q_network.training
+    q_network.eval()
+    while len(returns) < episodes:
+        if rng.random() < epsilon:
+            action = int(rng.integers(env.action_space.n))
+        else:
+            with torch.no_grad():
+                action = q_network(torch.as_tensor(np.asarray(obs), device=device)[None]).argmax(dim=1).item()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        episode_return += reward
+        if terminated or truncated:
+            returns.append(float(episode_return))
+            episode_return = 0.0
+            if len(returns) < episodes:  # no trailing reset: it would start an empty video
+                obs, _ = env.reset()
+    env.close()
+    q_network.train(was_training)
+    return returns
+
+
+def check_args(args: Args):
+    """Settings that cannot work together stop here, before anything is written."""
+    for name in ("num_envs", "total_timesteps", "buffer_size", "batch_size", "train_frequency", "target_network_frequency",
+                 "metrics_interval", "metrics_batch_size"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("learning_starts", "eval_episodes", "env_threads"):
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
+    if args.hadamard and args.param_matched:
+        fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
+    if args.learning_rate <= 0:
+        fail(f"--learning-rate must be positive, got {args.learning_rate}")
+    if not 0.0 < args.tau <= 1.0:
+        fail(f"--tau must be in (0, 1], got {args.tau}")
+    for name in ("start_e", "end_e", "exploration_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
+        fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    checkpoint = load_model(args.eval_model) if args.eval_model else None
+    if checkpoint is not None:  # evaluate the saved model on the game and network it was trained with
+        args.env_id, args.activation = checkpoint["args"]["env_id"], checkpoint["args"]["activation"]
+        args.hadamard, args.param_matched = checkpoint["args"]["hadamard"], checkpoint["args"]["param_matched"]
+    rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs wandb: pip install wandb")
+    variant = args.activation + ("_hr" if args.hadamard else "") + ("_pm" if args.param_matched else "")
+    run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_env(rom, args.num_envs, repeat_action_probability, args.env_threads)
+    num_actions = int(envs.single_action_space.n)
+    if checkpoint is not None:
+        if checkpoint["num_actions"] != num_actions:
+            fail(f"model file has {checkpoint['num_actions']} actions but {args.env_id} has {num_actions}")
+        q_network = build_q_network(checkpoint, device)
+    else:
+        width = representation_width(args.hadamard, args.param_matched, num_actions)
+        q_network = QNetwork(num_actions, args.activation, args.hadamard, width).to(device)
+    num_parameters = sum(p.numel() for p in q_network.parameters())
+    print(f"{run_name}: {variant} representation, {num_parameters:,} parameters, device {device}")
+
+    # Output: nothing is written before this point.
+    run_dir = os.path.join("runs", run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    config = {**asdict(args), "algorithm": "dqn", "variant": variant, "num_parameters": num_parameters,
+              "representation_width": q_network.q.in_features, "run_name": run_name, "device": str(device)}
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    if args.track:
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config,
+                   name=run_name, save_code=True, dir=run_dir)
+    writer = SummaryWriter(run_dir)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+    )
+
+    global_step, start_time = 0, time.time()
+    if checkpoint is None:
+        optimizer = make_optimizer(q_network.parameters(), args.learning_rate)
+        loss_fn = torch.compile(td_loss) if args.compile else td_loss
+        target_network = QNetwork(num_actions, args.activation, args.hadamard, q_network.q.in_features).to(device)
+        target_network.load_state_dict(q_network.state_dict())
+        rb = FrameReplayBuffer(args.buffer_size, args.num_envs, envs.single_observation_space.shape[1:],
+                               envs.single_observation_space.shape[0], seed=args.seed)
+        rng = np.random.default_rng(args.seed)  # exploration
+        n = args.num_envs
+
+        # TRY NOT TO MODIFY: start the game
+        obs, info = envs.reset(seed=args.seed)
+        rb.add(obs)
+        episode_stats = EpisodeStats(n, info)
+        recent_returns = deque(maxlen=100)
+        last_print, loss, q_mean = 0.0, None, None
+        start_time = time.time()
+        while global_step < args.total_timesteps:
+            # ALGO LOGIC: put action logic here
+            epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
+            actions = rng.integers(0, num_actions, n)
+            greedy = rng.random(n) >= epsilon
+            if greedy.any():
+                with torch.inference_mode():
+                    q_values = q_network(torch.from_numpy(obs).to(device))
+                actions = np.where(greedy, q_values.argmax(dim=1).cpu().numpy(), actions)
+            # the envs step in their C++ threads while the network trains on the replay memory
+            envs.send(actions)
+
+            # ALGO LOGIC: training, for each of this step's env steps that CleanRL's loop would train at
+            for _ in range(steps_due(global_step, n, args.train_frequency, args.learning_starts)):
+                batch = rb.try_sample(args.batch_size)
+                if batch is not None:
+                    loss, q_mean = td_update(q_network, target_network, optimizer, *batch, args.gamma, device, loss_fn)
+            if steps_due(global_step, n, args.target_network_frequency, args.learning_starts):
+                update_target(target_network, q_network, args.tau)
+            if loss is not None and steps_due(global_step, n, 100):
+                sps = int(global_step / max(time.time() - start_time, 1e-9))
+                writer.add_scalar("losses/td_loss", loss.item(), global_step)
+                writer.add_scalar("losses/q_values", q_mean.item(), global_step)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/epsilon", epsilon, global_step)
+                writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            # Representation metrics on states sampled from the replay memory
+            if steps_due(global_step, n, args.metrics_interval):
+                probe = rb.try_sample(args.metrics_batch_size)
+                if probe is not None:
+                    probe_obs = torch.from_numpy(probe[0][:, :-1]).to(device)
+                    for tag, value in common_metrics.probe(q_network, probe_obs, q_network.hidden_layers(), "fc").items():
+                        writer.add_scalar(tag, value, global_step)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, rewards, terminated, truncated, info = envs.recv()
+            if n > 1 and (info["env_id"] != np.arange(n)).any():  # results in completion order: back to env order
+                order = np.argsort(info["env_id"])
+                next_obs, rewards, terminated, truncated = next_obs[order], rewards[order], terminated[order], truncated[order]
+                info = {key: value[order] for key, value in info.items()}
+            reset_step, finished = episode_stats.step(rewards, info)
+            # the reset step's transition spans a game boundary: it never enters the replay memory
+            rb.add(next_obs, actions, rewards, terminated, episode_start=reset_step)
+            for _, episodic_return, episodic_length in finished:
+                writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+                recent_returns.append(episodic_return)
+            obs = next_obs
+            global_step += n
+            if time.time() - last_print > 10 or global_step >= args.total_timesteps:
+                last_print = time.time()
+                sps = int(global_step / (time.time() - start_time))
+                recent = f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games" if recent_returns else "no game finished yet"
+                print(f"step {global_step:>10,}/{args.total_timesteps:,}  SPS {sps:>5}  epsilon {epsilon:.3f}  return {recent}", flush=True)
+
+    envs.close()
+    eval_returns = []
+    if checkpoint is not None or args.save_model or args.capture_video:
+        if args.save_model and checkpoint is None:
+            model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+            torch.save({"algorithm": "dqn", "args": asdict(args), "num_actions": num_actions,
+                        "representation_width": q_network.q.in_features, "state_dict": q_network.state_dict()}, model_path)
+            print(f"model saved to {model_path}")
+        video_folder = os.path.join("videos", run_name) if args.capture_video else None
+        eval_returns = evaluate(q_network, rom, repeat_action_probability, args.eval_episodes, args.end_e, args.seed, device, video_folder)
+        for idx, episodic_return in enumerate(eval_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+        if eval_returns:
+            print(f"evaluation: mean return {np.mean(eval_returns):.1f} over {len(eval_returns)} games (epsilon {args.end_e})")
+
+    writer.close()
+    with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
+        json.dump({"global_step": global_step, "wall_time_s": time.time() - start_time, "eval_returns": eval_returns}, f)
+    if args.track:
+        wandb.finish()
