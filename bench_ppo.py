@@ -1,12 +1,13 @@
 """Speed of ppo_atari_hadamard.py at CleanRL's settings (8 envs x 128 steps, 4 epochs x 4 minibatches).
 
-Usage: python bench_ppo.py [--iterations 6] [--reference path/to/cleanrl/ppo_atari.py]
+Usage: python bench_ppo.py [--iterations 6] [--compile] [--reference path/to/cleanrl/ppo_atari.py]
 
 Prints, for tanh and tanh + HR:
 - loop SPS: steady-state steps per second of the real training loop (a subprocess on Breakout; the
   first iteration, which pays start-up, is left out);
-- ceiling SPS: the same `update` on a synthetic batch in this process, i.e. the learner alone with
-  free environment steps; the loop should reach at least 85% of it;
+- update alone: the same `update` on a synthetic batch in this process (the ceiling of the issue; goal:
+  the loop reaches 85% of it); learner alone: that update plus the rollout's policy forward passes, i.e.
+  the loop with free environment steps;
 - metrics cost: one `common_metrics.probe` of the 256-state probe, as a share of the time the loop
   takes for the default `--metrics-interval` steps (goal: at most 3%).
 With `--reference`, CleanRL's ppo_atari.py (gymnasium-1.x names) runs in the same session and its SPS is
@@ -47,26 +48,34 @@ def loop_sps(script: Path, iterations: int, flags: list[str]) -> float:
         return steady_sps(Path(tmp))
 
 
-def ceiling_sps(hadamard: bool, repeats: int = 3) -> float:
-    """The update step alone (4 epochs x 4 minibatches of 256) on a synthetic 1024-state batch."""
+def ceiling_sps(hadamard: bool, compile: bool, repeats: int = 3) -> tuple[float, float]:
+    """The update step alone (4 epochs x 4 minibatches of 256) on a synthetic 1024-state batch, and the learner
+    alone: that update plus the rollout's 128 policy forward passes on 8 states."""
     args = ppo.Args(hadamard=hadamard)
     args.batch_size, args.minibatch_size = 1024, 256
     agent = ppo.Agent(4, hadamard=hadamard)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    loss_fn = torch.compile(ppo.ppo_loss) if compile else ppo.ppo_loss
     batch = (
         torch.randint(0, 256, (1024, 4, 84, 84), dtype=torch.uint8), -torch.rand(1024), torch.randint(0, 4, (1024,)),
         torch.randn(1024), torch.randn(1024), torch.randn(1024), torch.ones(1024),
     )
-    times = []
-    for _ in range(repeats + 1):
+    update_times, forward_times = [], []
+    for _ in range(repeats + 2):  # two warm-up rounds (compilation)
         start = time.perf_counter()
         for _epoch in range(args.update_epochs):
             b_inds = torch.randperm(1024)
             for begin in range(0, 1024, 256):
                 mb = b_inds[begin : begin + 256]
-                ppo.update(agent, optimizer, args, *(x[mb] for x in batch))
-        times.append(time.perf_counter() - start)
-    return 1024 / statistics.median(times[1:])
+                ppo.update(agent, optimizer, args, *(x[mb] for x in batch), loss_fn=loss_fn)
+        update_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for step in range(128):
+                agent.get_action_and_value(batch[0][8 * step : 8 * step + 8])
+        forward_times.append(time.perf_counter() - start)
+    update, forward = statistics.median(update_times[2:]), statistics.median(forward_times[2:])
+    return 1024 / update, 1024 / (update + forward)
 
 
 def probe_seconds(hadamard: bool, repeats: int = 10) -> float:
@@ -85,6 +94,7 @@ def main():
     parser.add_argument("--iterations", type=int, default=6, help="iterations of 1024 steps per loop run")
     parser.add_argument("--repeats", type=int, default=1, help="loop runs per configuration (median)")
     parser.add_argument("--reference", type=Path, help="CleanRL's ppo_atari.py, timed as the baseline")
+    parser.add_argument("--compile", action="store_true", help="time the loop and the ceiling with --compile (torch.compile of the update)")
     opts = parser.parse_args()
     interval = ppo.Args().metrics_interval
     print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
@@ -94,12 +104,13 @@ def main():
         reference = statistics.median(loop_sps(opts.reference, opts.iterations, []) for _ in range(opts.repeats))
         print(f"CleanRL ppo_atari.py: {reference:7.1f} SPS")
     for variant, flags in (("tanh", []), ("tanh_hr", ["--hadamard"])):
-        sps = statistics.median(loop_sps(ROOT / "ppo_atari_hadamard.py", opts.iterations, [*flags, "--metrics-interval", "0"])
-                                for _ in range(opts.repeats))
-        ceiling = ceiling_sps(bool(flags))
+        loop_flags = [*flags, "--metrics-interval", "0"] + (["--compile"] if opts.compile else [])
+        sps = statistics.median(loop_sps(ROOT / "ppo_atari_hadamard.py", opts.iterations, loop_flags) for _ in range(opts.repeats))
+        update, learner = ceiling_sps(bool(flags), opts.compile)
         probe = probe_seconds(bool(flags))
-        line = (f"{variant:8s} loop {sps:7.1f} SPS | ceiling {ceiling:7.1f} SPS | loop/ceiling {sps / ceiling:5.1%} | "
-                f"probe {probe * 1000:6.1f} ms = {probe * sps / interval:6.3%} of {interval:,} steps")
+        line = (f"{variant:8s}{' compiled' if opts.compile else ''} loop {sps:6.1f} SPS | update alone {update:6.1f} SPS "
+                f"({sps / update:4.0%}) | learner alone {learner:6.1f} SPS ({sps / learner:4.0%}) | "
+                f"probe {probe * 1000:5.1f} ms = {probe * sps / interval:6.3%} of {interval:,} steps")
         if reference:
             line += f" | {sps / reference:4.2f}x CleanRL"
         print(line, flush=True)
