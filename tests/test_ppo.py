@@ -207,3 +207,9 @@ def test_tracking_writes_an_offline_wandb_run(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = next((workdir / "runs").iterdir())
     assert list(run_dir.glob("wandb/offline-run-*")), "no offline W&B run written"
+
+
+def test_compiled_update_runs_and_logs_losses(workdir):
+    scalars = read_scalars(run_ok(SCRIPT, *TINY, "--compile", "--metrics-interval", "0", cwd=workdir))
+    assert all(math.isfinite(value) for _, value in scalars["losses/value_loss"])
+    assert not any(tag.startswith("representation/") for tag in scalars), "--metrics-interval 0 turns the probe off"
