@@ -3,7 +3,7 @@
 For each preset (CleanRL's 8 envs x 128 steps, 4 epochs x 4 minibatches; purejaxql's 128 envs x 32 steps,
 2 epochs x 32 minibatches) it measures
 - `train SPS`: the real script (a subprocess) for a few iterations, with representation probes off
-  (`--metrics-interval 0`) and on at every iteration (the worst case; the default interval is 100k steps).
+  (`--metrics-interval 0`) and on at every iteration (the worst case; the default interval is 50k steps).
   The first iteration (start-up, warm-up) is left out: SPS = steps / wall time between the first and the
   last iteration's `charts/SPS` event.
 - `update-only SPS`: the ceiling, batch_size / time of one update phase (Q(lambda) targets, then

@@ -366,9 +366,13 @@ def load_model(path: str) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         fail(f"cannot read model file {path}: not a PyTorch state file ({type(exc).__name__})")
-    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != ALGORITHM or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != ALGORITHM:
         found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         fail(f"model file {path} is not a PQN model of pqn_atari_hadamard.py (found {found!r})")
+    missing = {"args", "num_actions", "representation_width", "state_dict"} - checkpoint.keys()
+    missing |= {"env_id", "activation", "hadamard", "hadamard_scope", "param_matched"} - checkpoint.get("args", {}).keys()
+    if missing:
+        fail(f"model file {path} lacks {', '.join(sorted(missing))}; it was not written by --save-model")
     return checkpoint
 
 

@@ -41,6 +41,21 @@ def run_fails(script: str, *args: str, cwd: Path) -> str:
     return lines[0]
 
 
+def assert_bad_model_files_rejected(script: str, algorithm: str, misfit: dict, workdir: Path):
+    """Missing, corrupt, foreign, partial and misfitting model files each stop `--eval-model` with one clear line.
+    `misfit` is a complete checkpoint of `algorithm` whose weights do not fit the network its args describe."""
+    import torch
+
+    torch.save({"algorithm": "ppo" if algorithm != "ppo" else "dqn", "state_dict": {}}, workdir / "foreign.pt")
+    torch.save({"algorithm": algorithm, "state_dict": {}}, workdir / "partial.pt")
+    torch.save(misfit, workdir / "misfit.pt")
+    (workdir / "corrupt.pt").write_bytes(b"\x00not a model" * 10)
+    expected = {"missing.pt": "not found", "corrupt.pt": "cannot read model file", "foreign.pt": f"not a {algorithm.upper()} model",
+                "partial.pt": "lacks", "misfit.pt": "does not fit"}
+    for name, message in expected.items():
+        assert message in run_fails(script, "--eval-model", name, cwd=workdir), name
+
+
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in the run's TensorBoard event files: {tag: [(step, value), ...]}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -10,7 +10,7 @@ import torch
 
 import common_metrics
 import dqn_atari_hadamard as dqn
-from conftest import read_config, read_scalars, run_fails, run_ok, run_script
+from conftest import assert_bad_model_files_rejected, read_config, read_scalars, run_fails, run_ok, run_script
 
 SCRIPT = "dqn_atari_hadamard.py"
 TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--buffer-size", "500", "--train-frequency", "4",
@@ -290,18 +290,9 @@ def test_save_load_evaluate_round_trip_and_same_seed_same_losses(workdir):
 
 
 def test_bad_model_files_are_one_line_errors(workdir):
-    torch.save({"algorithm": "ppo", "state_dict": {}}, workdir / "foreign.pt")
-    checkpoint = {"algorithm": "dqn", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
-                  "param_matched": False}, "num_actions": 4, "representation_width": 512,
-                  "state_dict": dqn.QNetwork(4, width=64).state_dict()}
-    torch.save(checkpoint, workdir / "misfit.pt")
-    torch.save({"algorithm": "dqn", "state_dict": {}}, workdir / "partial.pt")
-    (workdir / "corrupt.pt").write_bytes(b"\x00not a model" * 10)
-    assert "not found" in run_fails(SCRIPT, "--eval-model", "missing.pt", cwd=workdir)
-    assert "not a DQN model" in run_fails(SCRIPT, "--eval-model", "foreign.pt", cwd=workdir)
-    assert "does not fit" in run_fails(SCRIPT, "--eval-model", "misfit.pt", cwd=workdir)
-    assert "lacks num_actions" in run_fails(SCRIPT, "--eval-model", "partial.pt", cwd=workdir)
-    assert "cannot read model file" in run_fails(SCRIPT, "--eval-model", "corrupt.pt", cwd=workdir)
+    misfit = {"algorithm": "dqn", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
+              "param_matched": False}, "num_actions": 4, "representation_width": 512, "state_dict": dqn.QNetwork(4, width=64).state_dict()}
+    assert_bad_model_files_rejected(SCRIPT, "dqn", misfit, workdir)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import torch
 
 import common_metrics
 import ppo_atari_hadamard as ppo
-from conftest import read_config, read_scalars, run_fails, run_ok, run_script
+from conftest import assert_bad_model_files_rejected, read_config, read_scalars, run_fails, run_ok, run_script
 
 SCRIPT = "ppo_atari_hadamard.py"
 TINY = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--num-minibatches", "2",
@@ -163,18 +163,9 @@ def test_save_load_evaluate_round_trip(workdir):
 
 
 def test_bad_model_files_are_one_line_errors(workdir):
-    torch.save({"algorithm": "dqn", "state_dict": {}}, workdir / "foreign.pt")
-    torch.save({"algorithm": "ppo", "state_dict": {}}, workdir / "partial.pt")
-    (workdir / "corrupt.pt").write_bytes(b"\x00not a model" * 10)
-    checkpoint = {"algorithm": "ppo", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
-                  "param_matched": False}, "num_actions": 4, "representation_width": 512,
-                  "state_dict": ppo.Agent(4, width=64).state_dict()}
-    torch.save(checkpoint, workdir / "misfit.pt")
-    assert "not found" in run_fails(SCRIPT, "--eval-model", "missing.pt", cwd=workdir)
-    assert "not a PPO model" in run_fails(SCRIPT, "--eval-model", "foreign.pt", cwd=workdir)
-    assert "cannot read model file" in run_fails(SCRIPT, "--eval-model", "corrupt.pt", cwd=workdir)
-    assert "lacks activation, args" in run_fails(SCRIPT, "--eval-model", "partial.pt", cwd=workdir)
-    assert "does not fit" in run_fails(SCRIPT, "--eval-model", "misfit.pt", cwd=workdir)
+    misfit = {"algorithm": "ppo", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
+              "param_matched": False}, "num_actions": 4, "representation_width": 512, "state_dict": ppo.Agent(4, width=64).state_dict()}
+    assert_bad_model_files_rejected(SCRIPT, "ppo", misfit, workdir)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import torch
 
 import common_metrics
 import pqn_atari_hadamard as pqn
-from conftest import read_config, read_scalars, run_fails, run_ok
+from conftest import assert_bad_model_files_rejected, read_config, read_scalars, run_fails, run_ok
 
 SCRIPT = "pqn_atari_hadamard.py"
 TINY = ("--num-envs", "2", "--num-steps", "16", "--total-timesteps", "128", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32")
@@ -238,7 +238,6 @@ def test_purejaxql_preset_runs(workdir):
         (("--total-timesteps", "-5"), "total-timesteps"),
         (("--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"), "does not divide"),
         (("--hadamard", "--param-matched"), "param-matched"),
-        (("--eval-model", "missing.pt"), "not found"),
         (("--metrics-interval", "-1"), "metrics-interval"),
     ],
 )
@@ -247,8 +246,8 @@ def test_bad_input_stops_with_one_line(workdir, args, message):
     assert line.startswith("error:") and message in line
 
 
-def test_foreign_model_file_is_refused(workdir):
-    torch.save({"algorithm": "ppo", "state_dict": {}}, workdir / "ppo.pt")
-    assert "not a PQN model" in run_fails(SCRIPT, "--eval-model", "ppo.pt", cwd=workdir)
-    (workdir / "junk.pt").write_bytes(b"not a model")
-    assert "not a PyTorch state file" in run_fails(SCRIPT, "--eval-model", "junk.pt", cwd=workdir)
+def test_bad_model_files_are_one_line_errors(workdir):
+    misfit = {"algorithm": "pqn", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
+              "hadamard_scope": "representation", "param_matched": False}, "num_actions": 4, "representation_width": 512,
+              "state_dict": pqn.QNetwork(4, width=64).state_dict()}
+    assert_bad_model_files_rejected(SCRIPT, "pqn", misfit, workdir)
