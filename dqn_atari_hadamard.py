@@ -491,10 +491,10 @@ def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, ep
 def check_args(args: Args):
     """Settings that cannot work together stop here, before anything is written."""
     for name in ("num_envs", "total_timesteps", "buffer_size", "batch_size", "train_frequency", "target_network_frequency",
-                 "metrics_interval", "metrics_batch_size"):
+                 "metrics_batch_size"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("learning_starts", "eval_episodes", "env_threads"):
+    for name in ("learning_starts", "eval_episodes", "env_threads", "metrics_interval"):
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
     if args.hadamard and args.param_matched:
