@@ -83,6 +83,8 @@ def steady_sps(run_root: Path) -> float:
     events = EventAccumulator(str(next((run_root / "runs").iterdir())), size_guidance={"scalars": 0})
     events.Reload()
     sps = events.Scalars("charts/SPS")
+    if len(sps) < 2:
+        sys.exit("error: fewer than two SPS logs after learning starts; raise --steps")
     return (sps[-1].step - sps[0].step) / (sps[-1].wall_time - sps[0].wall_time)
 
 
@@ -227,7 +229,7 @@ def main():
 
     common = ["--total-timesteps", str(total), "--learning-starts", str(opts.learning_starts), "--exploration-fraction", "0",
               "--buffer-size", str(opts.buffer_size)]
-    print(f"loop runs: python dqn_atari_hadamard.py {' '.join(common)} [--hadamard] --metrics-interval <10**12 | 1000>", flush=True)
+    print(f"loop runs: python dqn_atari_hadamard.py {' '.join(common)} [--hadamard] --metrics-interval <0 | 1000>", flush=True)
     reference = None
     if opts.reference:
         reference = statistics.median(
@@ -239,7 +241,7 @@ def main():
         print(f"CleanRL dqn_atari.py loop (reproduced, SB3 buffer of {opts.cleanrl_buffer_size:,}): {reference:7.1f} SPS", flush=True)
     for variant in opts.variants.split(","):
         flags = common + (["--hadamard"] if "_hr" in variant else []) + (["--compile"] if variant.endswith("+compile") else [])
-        off = statistics.median(loop_sps(ROOT / "dqn_atari_hadamard.py", [*flags, "--metrics-interval", str(10**12)]) for _ in range(opts.repeats))
+        off = statistics.median(loop_sps(ROOT / "dqn_atari_hadamard.py", [*flags, "--metrics-interval", "0"]) for _ in range(opts.repeats))
         on = statistics.median(loop_sps(ROOT / "dqn_atari_hadamard.py", [*flags, "--metrics-interval", "1000"]) for _ in range(opts.repeats))
         ceiling = ceiling_sps("_hr" in variant)  # eager
         probe = probe_seconds("_hr" in variant)
