@@ -10,7 +10,8 @@ Prints:
   1M, batch 32, train frequency 4, epsilon at its end value 0.01 as for 90% of a CleanRL run), measured
   between the first and the last `charts/SPS` log after learning starts; with metrics off, and with a
   probe every 1,000 steps (50x the default rate);
-- ceiling SPS: one TD update (sampling included, eager) every 4 steps with free environment steps;
+- learner alone SPS: the compute of the loop with free environment steps: per 4 steps, 4 acting forward
+  passes (one state each) and one TD update (sampling included, eager);
 - `+compile` variants: the loop with `--compile` (torch.compile of the TD loss);
 - metrics cost: one `common_metrics.probe` of 256 replay states as a share of the loop's time for the
   default `--metrics-interval` steps (goal: at most 3%);
@@ -90,13 +91,13 @@ def steady_sps(run_root: Path) -> float:
 
 def loop_sps(script: Path, flags: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, str(script), *flags], cwd=tmp, check=True, capture_output=True)
+        subprocess.run([sys.executable, str(script.resolve()), *flags], cwd=tmp, check=True, capture_output=True)
         return steady_sps(Path(tmp))
 
 
-def ceiling_sps(hadamard: bool, repeats: int = 30) -> float:
-    """Four env steps per TD update: the learner alone (sampling a full-batch from a buffer, the update)."""
-    q_network, target_network = dqn.QNetwork(4, hadamard=hadamard), dqn.QNetwork(4, hadamard=hadamard)
+def learner_sps(hadamard: bool, device: torch.device, repeats: int = 30) -> float:
+    """The learner alone: per 4 env steps, 4 acting forward passes of one state and one TD update (sampling included)."""
+    q_network, target_network = dqn.QNetwork(4, hadamard=hadamard).to(device), dqn.QNetwork(4, hadamard=hadamard).to(device)
     optimizer = dqn.make_optimizer(q_network.parameters(), 1e-4)
     rb = dqn.FrameReplayBuffer(5000, 1, seed=0)
     obs = np.zeros((1, 4, 84, 84), np.uint8)
@@ -105,26 +106,34 @@ def ceiling_sps(hadamard: bool, repeats: int = 30) -> float:
     for _ in range(5000):
         obs = np.concatenate([obs[:, 1:], rng.integers(0, 256, (1, 1, 84, 84), dtype=np.uint8)], axis=1)
         rb.add(obs, np.zeros(1, np.int64), np.zeros(1, np.float32), np.zeros(1, bool), np.zeros(1, bool))
+    state = torch.from_numpy(obs).to(device)
     times = []
     for _ in range(repeats + 3):
         start = time.perf_counter()
-        dqn.td_update(q_network, target_network, optimizer, *rb.get(*rb.sample_index(32)), 0.99, "cpu")
+        for _step in range(4):
+            with torch.no_grad():
+                q_network(state).argmax(dim=1).cpu()
+        dqn.td_update(q_network, target_network, optimizer, *rb.get(*rb.sample_index(32)), 0.99, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return 4 / statistics.median(times[3:])
 
 
-def probe_seconds(hadamard: bool, repeats: int = 5) -> float:
-    net = dqn.QNetwork(4, hadamard=hadamard)
-    obs = torch.randint(0, 256, (256, 4, 84, 84), dtype=torch.uint8)
+def probe_seconds(hadamard: bool, device: torch.device, repeats: int = 5) -> float:
+    net = dqn.QNetwork(4, hadamard=hadamard).to(device)
+    obs = torch.randint(0, 256, (256, 4, 84, 84), dtype=torch.uint8, device=device)
     times = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
         common_metrics.probe(net, obs, net.hidden_layers(), "fc")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
 
-def cleanrl_sps(total_steps: int, learning_starts: int, buffer_size: int, epsilon: float = 0.01) -> float:
+def cleanrl_sps(total_steps: int, learning_starts: int, buffer_size: int, device: torch.device, epsilon: float = 0.01) -> float:
     """CleanRL's dqn_atari.py training loop, reproduced with gymnasium 1.x names; steady SPS after learning starts."""
     import ale_py
     import gymnasium as gym
@@ -163,7 +172,6 @@ def cleanrl_sps(total_steps: int, learning_starts: int, buffer_size: int, epsilo
             return self.network(x / 255.0)
 
     envs = gym.vector.SyncVectorEnv([thunk])
-    device = torch.device("cpu")
     q_network = QNetwork(envs).to(device)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4)
     target_network = QNetwork(envs).to(device)
@@ -220,33 +228,37 @@ def main():
                         help="the baseline's SB3 buffer (1M stacked observations do not fit in this machine's memory; its speed does not depend on the size)")
     parser.add_argument("--reference", type=Path, help="CleanRL's dqn_atari.py, timed as the baseline instead")
     parser.add_argument("--variants", default="tanh,tanh_hr,tanh+compile", help="comma-separated: tanh, tanh_hr, each optionally with +compile (--compile)")
+    parser.add_argument("--no-cuda", action="store_true", help="stay on the CPU even where a GPU is present")
     opts = parser.parse_args()
     interval = dqn.Args().metrics_interval
     total = opts.learning_starts + opts.steps
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores", flush=True)
+    device = torch.device("cuda" if torch.cuda.is_available() and not opts.no_cuda else "cpu")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {where}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores", flush=True)
     if not opts.skip_memory:
         memory(opts.buffer_size)
 
     common = ["--total-timesteps", str(total), "--learning-starts", str(opts.learning_starts), "--exploration-fraction", "0",
-              "--buffer-size", str(opts.buffer_size)]
+              "--buffer-size", str(opts.buffer_size)] + (["--no-cuda"] if device.type == "cpu" else [])
     print(f"loop runs: python dqn_atari_hadamard.py {' '.join(common)} [--hadamard] --metrics-interval <0 | 1000>", flush=True)
     reference = None
     if opts.reference:
         reference = statistics.median(
-            loop_sps(opts.reference, ["--total-timesteps", str(total), "--learning-starts", str(opts.learning_starts)])
+            loop_sps(opts.reference, ["--total-timesteps", str(total), "--learning-starts", str(opts.learning_starts)]
+                     + (["--no-cuda"] if device.type == "cpu" else []))
             for _ in range(opts.repeats))
         print(f"CleanRL dqn_atari.py: {reference:7.1f} SPS", flush=True)
     elif not opts.no_cleanrl:
-        reference = statistics.median(cleanrl_sps(total, opts.learning_starts, opts.cleanrl_buffer_size) for _ in range(opts.repeats))
+        reference = statistics.median(cleanrl_sps(total, opts.learning_starts, opts.cleanrl_buffer_size, device) for _ in range(opts.repeats))
         print(f"CleanRL dqn_atari.py loop (reproduced, SB3 buffer of {opts.cleanrl_buffer_size:,}): {reference:7.1f} SPS", flush=True)
     for variant in opts.variants.split(","):
         flags = common + (["--hadamard"] if "_hr" in variant else []) + (["--compile"] if variant.endswith("+compile") else [])
         off = statistics.median(loop_sps(ROOT / "dqn_atari_hadamard.py", [*flags, "--metrics-interval", "0"]) for _ in range(opts.repeats))
         on = statistics.median(loop_sps(ROOT / "dqn_atari_hadamard.py", [*flags, "--metrics-interval", "1000"]) for _ in range(opts.repeats))
-        ceiling = ceiling_sps("_hr" in variant)  # eager
-        probe = probe_seconds("_hr" in variant)
+        learner = learner_sps("_hr" in variant, device)  # eager
+        probe = probe_seconds("_hr" in variant, device)
         line = (f"{variant:8s} loop {off:7.1f} SPS (metrics off) | {on:7.1f} SPS (probe every 1,000 steps, cost {1 - on / off:+.1%}) | "
-                f"ceiling {ceiling:7.1f} SPS | probe {probe * 1000:6.1f} ms = {probe * off / interval:6.3%} of {interval:,} steps")
+                f"learner alone {learner:7.1f} SPS ({off / learner:4.0%}) | probe {probe * 1000:6.1f} ms = {probe * off / interval:6.3%} of {interval:,} steps")
         if reference:
             line += f" | {off / reference:4.2f}x CleanRL"
         print(line, flush=True)

@@ -43,48 +43,57 @@ def steady_sps(run_root: Path) -> float:
 
 def loop_sps(script: Path, iterations: int, flags: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(script), "--total-timesteps", str(1024 * iterations), *flags]
+        cmd = [sys.executable, str(script.resolve()), "--total-timesteps", str(1024 * iterations), *flags]
         subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
         return steady_sps(Path(tmp))
 
 
-def ceiling_sps(hadamard: bool, compile: bool, repeats: int = 3) -> tuple[float, float]:
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ceiling_sps(hadamard: bool, compile: bool, device: torch.device, repeats: int = 3) -> tuple[float, float]:
     """The update step alone (4 epochs x 4 minibatches of 256) on a synthetic 1024-state batch, and the learner
-    alone: that update plus the rollout's 128 policy forward passes on 8 states."""
+    alone: that update plus the rollout's 128 policy forward passes on 8 states (each returning its actions to the CPU)."""
     args = ppo.Args(hadamard=hadamard)
     args.batch_size, args.minibatch_size = 1024, 256
-    agent = ppo.Agent(4, hadamard=hadamard)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    agent = ppo.Agent(4, hadamard=hadamard).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # as the script
     loss_fn = torch.compile(ppo.ppo_loss) if compile else ppo.ppo_loss
     batch = (
         torch.randint(0, 256, (1024, 4, 84, 84), dtype=torch.uint8), -torch.rand(1024), torch.randint(0, 4, (1024,)),
         torch.randn(1024), torch.randn(1024), torch.randn(1024), torch.ones(1024),
     )
+    batch = tuple(x.to(device) for x in batch)
     update_times, forward_times = [], []
     for _ in range(repeats + 2):  # two warm-up rounds (compilation)
+        sync(device)
         start = time.perf_counter()
         for _epoch in range(args.update_epochs):
-            b_inds = torch.randperm(1024)
+            b_inds = torch.randperm(1024, device=device)
             for begin in range(0, 1024, 256):
                 mb = b_inds[begin : begin + 256]
                 ppo.update(agent, optimizer, args, *(x[mb] for x in batch), loss_fn=loss_fn)
+        sync(device)
         update_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         with torch.no_grad():
             for step in range(128):
-                agent.get_action_and_value(batch[0][8 * step : 8 * step + 8])
+                agent.get_action_and_value(batch[0][8 * step : 8 * step + 8])[0].cpu()
         forward_times.append(time.perf_counter() - start)
     update, forward = statistics.median(update_times[2:]), statistics.median(forward_times[2:])
     return 1024 / update, 1024 / (update + forward)
 
 
-def probe_seconds(hadamard: bool, repeats: int = 10) -> float:
-    agent = ppo.Agent(4, hadamard=hadamard)
-    obs = torch.randint(0, 256, (256, 4, 84, 84), dtype=torch.uint8)
+def probe_seconds(hadamard: bool, device: torch.device, repeats: int = 10) -> float:
+    agent = ppo.Agent(4, hadamard=hadamard).to(device)
+    obs = torch.randint(0, 256, (256, 4, 84, 84), dtype=torch.uint8, device=device)
     times = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
         common_metrics.probe(agent, obs, agent.hidden_layers(), "fc", forward=agent.get_value)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
@@ -95,19 +104,22 @@ def main():
     parser.add_argument("--repeats", type=int, default=1, help="loop runs per configuration (median)")
     parser.add_argument("--reference", type=Path, help="CleanRL's ppo_atari.py, timed as the baseline")
     parser.add_argument("--compile", action="store_true", help="time the loop and the ceiling with --compile (torch.compile of the update)")
+    parser.add_argument("--no-cuda", action="store_true", help="stay on the CPU even where a GPU is present")
     opts = parser.parse_args()
     interval = ppo.Args().metrics_interval
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
+    device = torch.device("cuda" if torch.cuda.is_available() and not opts.no_cuda else "cpu")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {where}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
 
     reference = None
     if opts.reference:
-        reference = statistics.median(loop_sps(opts.reference, opts.iterations, []) for _ in range(opts.repeats))
+        reference = statistics.median(loop_sps(opts.reference, opts.iterations, ["--no-cuda"] if device.type == "cpu" else []) for _ in range(opts.repeats))
         print(f"CleanRL ppo_atari.py: {reference:7.1f} SPS")
     for variant, flags in (("tanh", []), ("tanh_hr", ["--hadamard"])):
-        loop_flags = [*flags, "--metrics-interval", "0"] + (["--compile"] if opts.compile else [])
+        loop_flags = [*flags, "--metrics-interval", "0"] + (["--compile"] if opts.compile else []) + (["--no-cuda"] if device.type == "cpu" else [])
         sps = statistics.median(loop_sps(ROOT / "ppo_atari_hadamard.py", opts.iterations, loop_flags) for _ in range(opts.repeats))
-        update, learner = ceiling_sps(bool(flags), opts.compile)
-        probe = probe_seconds(bool(flags))
+        update, learner = ceiling_sps(bool(flags), opts.compile, device)
+        probe = probe_seconds(bool(flags), device)
         line = (f"{variant:8s}{' compiled' if opts.compile else ''} loop {sps:6.1f} SPS | update alone {update:6.1f} SPS "
                 f"({sps / update:4.0%}) | learner alone {learner:6.1f} SPS ({sps / learner:4.0%}) | "
                 f"probe {probe * 1000:5.1f} ms = {probe * sps / interval:6.3%} of {interval:,} steps")

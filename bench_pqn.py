@@ -9,6 +9,8 @@ For each preset (CleanRL's 8 envs x 128 steps, 4 epochs x 4 minibatches; purejax
 - `update-only SPS`: the ceiling, batch_size / time of one update phase (Q(lambda) targets, then
   update-epochs x num-minibatches gradient steps) on a stored batch, in process, without envs or acting.
 - `compute-only SPS`: the update plus the acting forward passes, still without envs.
+- `env-only SPS`: the preset's vector env stepped with random actions alone, no network (the other bound);
+  `train / serial` compares the loop with compute and env steps one after the other, 1 / (1/compute + 1/env).
 Usage: python bench_pqn.py [--iterations 4] [--presets cleanrl purejaxql] [--variants tanh tanh_hr]
 """
 
@@ -135,24 +137,47 @@ def compute_sps(bench: BenchArgs, preset: dict, variant: list[str], device: torc
     return {"update_only_sps": batch / t_update, "compute_only_sps": batch / (t_update + t_act), "probe_seconds": t_probe}
 
 
+def env_sps(bench: BenchArgs, preset: dict, agent_steps: int = 8192) -> float:
+    """Agent steps per second of the vector env alone, random actions, after 8 warm-up steps."""
+    steps = agent_steps // preset["num_envs"]
+    import numpy as np
+
+    rom, sticky = pqn.parse_env_id(bench.env_id, None)
+    envs = pqn.make_env(rom, preset["num_envs"], sticky)
+    envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, envs.single_action_space.n, (8 + steps, preset["num_envs"]))
+    for t in range(8):
+        envs.step(actions[t])
+    start = time.perf_counter()
+    for t in range(8, 8 + steps):
+        envs.step(actions[t])
+    elapsed = time.perf_counter() - start
+    envs.close()
+    return steps * preset["num_envs"] / elapsed
+
+
 def main():
     bench = tyro.cli(BenchArgs)
     device = torch.device("cuda" if torch.cuda.is_available() and bench.cuda else "cpu")
     info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)", "torch": torch.__version__}
     print(f"# PQN benchmark on {info['device']}, torch {info['torch']}, {bench.env_id}, {bench.iterations} iterations per run")
     results = []
-    header = "| preset | variant | metrics | train SPS | update-only SPS | train / update-only | compute-only SPS | probe s |"
-    print(header + "\n|" + "---|" * 8, flush=True)
+    header = "| preset | variant | metrics | train SPS | update-only SPS | train / update-only | compute-only SPS | env-only SPS | train / serial | probe s |"
+    print(header + "\n|" + "---|" * 10, flush=True)
     for preset_name in bench.presets:
         preset = PRESETS[preset_name]
+        env_only = env_sps(bench, preset)
         for variant_name in bench.variants:
             variant = VARIANTS[variant_name]
             ceiling = compute_sps(bench, preset, variant, device)
             for metrics in bench.metrics:
-                row = dict(preset=preset_name, variant=variant_name, metrics=metrics, **ceiling, **train_sps(bench, preset, variant, metrics))
+                row = dict(preset=preset_name, variant=variant_name, metrics=metrics, env_only_sps=env_only, **ceiling,
+                           **train_sps(bench, preset, variant, metrics))
                 results.append(row)
                 print(f"| {preset_name} | {variant_name} | {metrics} | {row['sps']:.0f} | {row['update_only_sps']:.0f} | "
-                      f"{row['sps'] / row['update_only_sps']:.0%} | {row['compute_only_sps']:.0f} | {row['probe_seconds']:.2f} |", flush=True)
+                      f"{row['sps'] / row['update_only_sps']:.0%} | {row['compute_only_sps']:.0f} | {env_only:.0f} | "
+                      f"{row['sps'] * (1 / row['compute_only_sps'] + 1 / env_only):.0%} | {row['probe_seconds']:.2f} |", flush=True)
     for row in results:
         print(f"# {row['preset']}/{row['variant']}/metrics {row['metrics']}: {row['command']}")
     if bench.output:
