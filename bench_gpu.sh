@@ -43,8 +43,8 @@ want smoke && { stage smoke 150 bash -c "set -e
 want tests && stage tests 240 "$PYTHON" -m pytest -q -n 16 -p no:cacheprovider tests/test_ppo.py tests/test_dqn.py tests/test_pqn.py \
     -k "not round_trip and not tracking"
 
-want pqn && stage pqn_purejaxql 150 "$PYTHON" bench_pqn.py --presets purejaxql --variants tanh tanh_hr --metrics off on --iterations 10 \
-    --output "$OUT/pqn_purejaxql.json"
+want pqn && stage pqn_purejaxql 150 "$PYTHON" bench_pqn.py --presets purejaxql --variants tanh tanh_hr --metrics off on --iterations 10
+want pqn && stage pqn_compile 120 "$PYTHON" bench_pqn.py --presets purejaxql --variants tanh_hr --metrics off --iterations 10 --compile
 want pqn && stage pqn_cleanrl 60 "$PYTHON" bench_pqn.py --presets cleanrl --variants tanh_hr --metrics off --iterations 8
 want ppo && stage ppo 120 "$PYTHON" bench_ppo.py --iterations 8 ${REFERENCE:+--reference "$REFERENCE"}
 want dqn && stage dqn 120 "$PYTHON" bench_dqn.py --skip-memory --steps 3000 --learning-starts 1000 --buffer-size 100000 --variants tanh,tanh_hr

@@ -11,7 +11,8 @@ For each preset (CleanRL's 8 envs x 128 steps, 4 epochs x 4 minibatches; purejax
 - `compute-only SPS`: the update plus the acting forward passes, still without envs.
 - `env-only SPS`: the preset's vector env stepped with random actions alone, no network (the other bound);
   `train / serial` compares the loop with compute and env steps one after the other, 1 / (1/compute + 1/env).
-Usage: python bench_pqn.py [--iterations 4] [--presets cleanrl purejaxql] [--variants tanh tanh_hr]
+With `--compile` the script runs with `--compile` and the ceilings use the compiled `q_loss`.
+Usage: python bench_pqn.py [--iterations 4] [--presets cleanrl purejaxql] [--variants tanh tanh_hr] [--compile]
 """
 
 import json
@@ -51,6 +52,8 @@ class BenchArgs:
     """the game"""
     cuda: bool = True
     """use the GPU when there is one"""
+    compile: bool = False
+    """run the script with --compile, and the ceilings with the compiled loss"""
     output: str = ""
     """write the results as JSON to this file too"""
 
@@ -69,6 +72,8 @@ def train_sps(bench: BenchArgs, preset: dict, variant: list[str], metrics: str) 
                f"--total-timesteps={batch * bench.iterations}", f"--metrics-interval={interval}", "--run-name=bench"]
         if not bench.cuda:
             cmd.append("--no-cuda")
+        if bench.compile:
+            cmd.append("--compile")
         subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, text=True)
         events = EventAccumulator(str(Path(tmp) / "runs" / "bench"), size_guidance={"scalars": 0})
         events.Reload()
@@ -85,6 +90,7 @@ def compute_sps(bench: BenchArgs, preset: dict, variant: list[str], device: torc
     torch.manual_seed(0)
     net = pqn.QNetwork(4, "tanh", hadamard, scope).to(device)
     optimizer = torch.optim.RAdam(net.parameters(), lr=2.5e-4)
+    loss_fn = torch.compile(pqn.q_loss) if bench.compile else pqn.q_loss
     T, N = preset["num_steps"], preset["num_envs"]
     batch = T * N
     minibatch = batch // preset["num_minibatches"]
@@ -112,8 +118,7 @@ def compute_sps(bench: BenchArgs, preset: dict, variant: list[str], device: torc
             inds = torch.randperm(batch, device=device)
             for start in range(0, batch, minibatch):
                 mb = inds[start : start + minibatch]
-                q = net(b_obs[mb]).gather(1, b_actions[mb].unsqueeze(-1)).squeeze(-1)
-                loss = (valid[mb] * (returns[mb] - q) ** 2).sum() / valid[mb].sum().clamp(min=1.0)
+                loss, _ = loss_fn(net, b_obs[mb], b_actions[mb], returns[mb], valid[mb])
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
@@ -161,7 +166,8 @@ def main():
     bench = tyro.cli(BenchArgs)
     device = torch.device("cuda" if torch.cuda.is_available() and bench.cuda else "cpu")
     info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)", "torch": torch.__version__}
-    print(f"# PQN benchmark on {info['device']}, torch {info['torch']}, {bench.env_id}, {bench.iterations} iterations per run")
+    print(f"# PQN benchmark on {info['device']}, torch {info['torch']}, {bench.env_id}, {bench.iterations} iterations per run"
+          + (", --compile" if bench.compile else ""))
     results = []
     header = "| preset | variant | metrics | train SPS | update-only SPS | train / update-only | compute-only SPS | env-only SPS | train / serial | probe s |"
     print(header + "\n|" + "---|" * 10, flush=True)

@@ -89,6 +89,8 @@ class Args:
     """the fraction of `total_timesteps` it takes from start_e to end_e"""
     q_lambda: float = 0.65
     """the lambda for the Q-Learning algorithm"""
+    compile: bool = False
+    """compile the minibatch loss with torch.compile (about 1.2x faster updates on 2 CPU cores, after a start-up of tens of seconds)"""
 
     # Representation arguments
     activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
@@ -323,6 +325,14 @@ def q_lambda_returns(
     return returns
 
 
+def q_loss(q_network: nn.Module, obs: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor, valid: torch.Tensor):
+    """Squared TD error of Q(obs, action) against the Q(lambda) returns, averaged over valid transitions (autoreset
+    steps carry none: masked out). Returns (loss, Q(obs, action)). With `--compile` this is what torch.compile compiles."""
+    old_val = q_network(obs).gather(1, actions.unsqueeze(-1)).squeeze(-1)
+    loss = (valid * (returns - old_val) ** 2).sum() / valid.sum().clamp(min=1.0)
+    return loss, old_val
+
+
 def variant_name(args) -> str:
     return args.activation + ("_hr" if args.hadamard else "") + ("_all" if args.hadamard_scope == "all" else "") + ("_pm" if args.param_matched else "")
 
@@ -464,6 +474,7 @@ if __name__ == "__main__":
     global_step, start_time = 0, time.time()
     if checkpoint is None:
         optimizer = optim.RAdam(q_network.parameters(), lr=args.learning_rate)
+        loss_fn = torch.compile(q_loss) if args.compile else q_loss  # the optimizer stays eager (annealed lr)
 
         # ALGO Logic: Storage setup. Observations stay uint8 on the device; the per-step flags are gathered on the
         # host and cross to the device once per rollout.
@@ -549,10 +560,8 @@ if __name__ == "__main__":
                 b_inds = torch.randperm(args.batch_size, device=device)
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb_inds = b_inds[start : start + args.minibatch_size]
-                    old_val = q_network(b_obs[mb_inds]).gather(1, b_actions[mb_inds].unsqueeze(-1)).squeeze(-1)
                     mb_valid = b_valid[mb_inds]
-                    # autoreset steps carry no transition: masked out of the loss
-                    loss = (mb_valid * (b_returns[mb_inds] - old_val) ** 2).sum() / mb_valid.sum().clamp(min=1.0)
+                    loss, old_val = loss_fn(q_network, b_obs[mb_inds], b_actions[mb_inds], b_returns[mb_inds], mb_valid)
 
                     # optimize the model
                     optimizer.zero_grad()

@@ -64,6 +64,15 @@ def test_q_lambda_without_dones_is_the_recursive_lambda_return():
 
 
 # ----------------------------------------------------------------------------- env ids, network, exploration
+def test_q_loss_averages_over_valid_transitions_only():
+    q_table = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # nn.Identity: the "observations" are the Q values
+    actions, returns, valid = torch.tensor([1, 0, 1]), torch.tensor([0.0, 1.0, 100.0]), torch.tensor([1.0, 1.0, 0.0])
+    loss, old_val = pqn.q_loss(torch.nn.Identity(), q_table, actions, returns, valid)
+    assert old_val.tolist() == [2.0, 3.0, 6.0]
+    assert loss.item() == pytest.approx(((0.0 - 2.0) ** 2 + (1.0 - 3.0) ** 2) / 2)  # the autoreset step's 100 is ignored
+    assert pqn.q_loss(torch.nn.Identity(), q_table, actions, returns, torch.zeros(3))[0].item() == 0.0
+
+
 def test_env_ids_and_sticky_actions():
     assert pqn.parse_env_id("BreakoutNoFrameskip-v4", None) == ("breakout", 0.0)
     assert pqn.parse_env_id("ALE/MsPacman-v5", None) == ("ms_pacman", 0.25)
@@ -196,6 +205,15 @@ def test_relu_is_deterministic_on_cpu(workdir):
         losses.append(check_run(run_dir)["losses/td_loss"])
     assert losses[0] == losses[1]
     assert read_config(run_dir)["variant"] == "relu"
+
+
+def test_compiled_loss_gives_the_eager_losses(workdir):
+    losses = {}
+    for flags in ((), ("--compile",)):
+        run_dir = run_ok(SCRIPT, *TINY, "--metrics-interval", "0", *flags, "--run-name", "run", cwd=subdir(workdir, str(len(flags))))
+        losses[flags] = [value for _, value in read_scalars(run_dir)["losses/td_loss"]]
+    assert read_config(run_dir)["compile"]
+    assert losses[("--compile",)] == pytest.approx(losses[()], rel=1e-3)
 
 
 def test_hadamard_scope_all_and_param_matched(workdir):
