@@ -303,6 +303,7 @@ def band(curves: list, max_points: int = 400) -> tuple[np.ndarray, np.ndarray, n
 
 def plot_curves(runs: list[Run], tag: str, label: str, title: str, path: Path, window: int, colors: dict):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     games = ordered(r.game for r in runs)
     variants = ordered((r.variant for r in runs), VARIANT_ORDER)
@@ -331,6 +332,7 @@ def plot_curves(runs: list[Run], tag: str, label: str, title: str, path: Path, w
                     ha="center", va="center", transform=ax.transAxes, color="gray")
         ax.set_title(game)
         ax.set_xlabel("environment steps")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 250k, 10M: full numbers run into each other
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(games):]:
