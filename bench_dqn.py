@@ -95,6 +95,11 @@ def loop_sps(script: Path, flags: list[str]) -> float:
         return steady_sps(Path(tmp))
 
 
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def learner_sps(hadamard: bool, device: torch.device, repeats: int = 30) -> float:
     """The learner alone: per 4 env steps, 4 acting forward passes of one state and one TD update (sampling included)."""
     q_network, target_network = dqn.QNetwork(4, hadamard=hadamard).to(device), dqn.QNetwork(4, hadamard=hadamard).to(device)
@@ -114,8 +119,7 @@ def learner_sps(hadamard: bool, device: torch.device, repeats: int = 30) -> floa
             with torch.no_grad():
                 q_network(state).argmax(dim=1).cpu()
         dqn.td_update(q_network, target_network, optimizer, *rb.get(*rb.sample_index(32)), 0.99, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - start)
     return 4 / statistics.median(times[3:])
 
@@ -127,8 +131,7 @@ def probe_seconds(hadamard: bool, device: torch.device, repeats: int = 5) -> flo
     for _ in range(repeats + 1):
         start = time.perf_counter()
         common_metrics.probe(net, obs, net.hidden_layers(), "fc")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 

@@ -59,7 +59,7 @@ events = EventAccumulator("runs/gpu_learn", size_guidance={"scalars": 0})
 events.Reload()
 tags = events.Tags()["scalars"]
 returns = events.Scalars("charts/episodic_return") if "charts/episodic_return" in tags else []
-sps = events.Scalars("charts/SPS")
+sps = events.Scalars("charts/SPS") if "charts/SPS" in tags else []
 print(f"{len(returns)} games finished")
 for i in range(0, len(returns), max(1, len(returns) // 10)):
     window = returns[i : i + max(1, len(returns) // 10)]

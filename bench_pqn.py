@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import tyro
 
@@ -145,8 +146,6 @@ def compute_sps(bench: BenchArgs, preset: dict, variant: list[str], device: torc
 def env_sps(bench: BenchArgs, preset: dict, agent_steps: int = 8192) -> float:
     """Agent steps per second of the vector env alone, random actions, after 8 warm-up steps."""
     steps = agent_steps // preset["num_envs"]
-    import numpy as np
-
     rom, sticky = pqn.parse_env_id(bench.env_id, None)
     envs = pqn.make_env(rom, preset["num_envs"], sticky)
     envs.reset(seed=0)

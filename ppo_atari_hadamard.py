@@ -502,7 +502,7 @@ if __name__ == "__main__":
 
     global_step, start_time = 0, time.time()
     if checkpoint is None:
-        # CleanRL's Adam; the fused kernel does the same step in one pass (2-3 ms less a minibatch on 2 cores)
+        # CleanRL's Adam; the fused kernel does the same step in one pass over the parameters
         optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
 
         rollout = Rollout(args.num_steps, args.num_envs, envs.single_observation_space.shape, device)
