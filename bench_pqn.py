@@ -10,12 +10,15 @@ For each preset (CleanRL's 8 envs x 128 steps, 4 epochs x 4 minibatches; purejax
   update-epochs x num-minibatches gradient steps) on a stored batch, in process, without envs or acting.
 - `compute-only SPS`: the update plus the acting forward passes, still without envs.
 - `env-only SPS`: the preset's vector env stepped with random actions alone, no network (the other bound);
-  `train / serial` compares the loop with compute and env steps one after the other, 1 / (1/compute + 1/env).
-With `--compile` the script runs with `--compile` and the ceilings use the compiled `q_loss`.
-Usage: python bench_pqn.py [--iterations 4] [--presets cleanrl purejaxql] [--variants tanh tanh_hr] [--compile]
+  `serial SPS` = 1 / (1/compute + 1/env) is a loop that acts, steps the envs and updates one after the other;
+  `serial / update-only` is the most such a loop can reach against the ceiling, `train / serial` how close it is.
+With `--compile` the script runs with `--compile` and the ceilings use the compiled `q_loss`. Every figure is the
+median of `--repeats` measurements (the machine is shared); the ratios are taken between medians.
+Usage: python bench_pqn.py [--iterations 4] [--repeats 3] [--presets cleanrl purejaxql] [--variants tanh tanh_hr] [--compile]
 """
 
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -43,6 +46,8 @@ VARIANTS = {"tanh": [], "tanh_hr": ["--hadamard"], "tanh_hr_all": ["--hadamard",
 class BenchArgs:
     iterations: int = 4
     """training iterations per measured run (the first is left out of the SPS)"""
+    repeats: int = 1
+    """measurements of each figure; the table shows their medians"""
     presets: list[str] = field(default_factory=lambda: ["cleanrl", "purejaxql"])
     """presets to measure (cleanrl, purejaxql)"""
     variants: list[str] = field(default_factory=lambda: ["tanh_hr"])
@@ -161,6 +166,12 @@ def env_sps(bench: BenchArgs, preset: dict, agent_steps: int = 8192) -> float:
     return steps * preset["num_envs"] / elapsed
 
 
+def median_of(measure, repeats: int) -> dict:
+    """Run `measure()` (a dict of figures) `repeats` times: the median of each numeric figure."""
+    runs = [measure() for _ in range(repeats)]
+    return {key: statistics.median(run[key] for run in runs) if isinstance(value, (int, float)) else value for key, value in runs[0].items()}
+
+
 def main():
     bench = tyro.cli(BenchArgs)
     device = torch.device("cuda" if torch.cuda.is_available() and bench.cuda else "cpu")
@@ -168,21 +179,22 @@ def main():
     print(f"# PQN benchmark on {info['device']}, torch {info['torch']}, {bench.env_id}, {bench.iterations} iterations per run"
           + (", --compile" if bench.compile else ""))
     results = []
-    header = "| preset | variant | metrics | train SPS | update-only SPS | train / update-only | compute-only SPS | env-only SPS | train / serial | probe s |"
-    print(header + "\n|" + "---|" * 10, flush=True)
+    header = "| preset | variant | metrics | train SPS | update-only SPS | train / update-only | compute-only SPS | env-only SPS | serial / update-only | train / serial | probe s |"
+    print(header + "\n|" + "---|" * 11, flush=True)
     for preset_name in bench.presets:
         preset = PRESETS[preset_name]
-        env_only = env_sps(bench, preset)
+        env_only = statistics.median(env_sps(bench, preset) for _ in range(bench.repeats))
         for variant_name in bench.variants:
             variant = VARIANTS[variant_name]
-            ceiling = compute_sps(bench, preset, variant, device)
+            ceiling = median_of(lambda: compute_sps(bench, preset, variant, device), bench.repeats)
             for metrics in bench.metrics:
                 row = dict(preset=preset_name, variant=variant_name, metrics=metrics, env_only_sps=env_only, **ceiling,
-                           **train_sps(bench, preset, variant, metrics))
+                           **median_of(lambda: train_sps(bench, preset, variant, metrics), bench.repeats))
+                row["serial_sps"] = 1 / (1 / row["compute_only_sps"] + 1 / env_only)
                 results.append(row)
                 print(f"| {preset_name} | {variant_name} | {metrics} | {row['sps']:.0f} | {row['update_only_sps']:.0f} | "
                       f"{row['sps'] / row['update_only_sps']:.0%} | {row['compute_only_sps']:.0f} | {env_only:.0f} | "
-                      f"{row['sps'] * (1 / row['compute_only_sps'] + 1 / env_only):.0%} | {row['probe_seconds']:.2f} |", flush=True)
+                      f"{row['serial_sps'] / row['update_only_sps']:.0%} | {row['sps'] / row['serial_sps']:.0%} | {row['probe_seconds']:.2f} |", flush=True)
     for row in results:
         print(f"# {row['preset']}/{row['variant']}/metrics {row['metrics']}: {row['command']}")
     if bench.output:

@@ -1,5 +1,6 @@
-"""pqn_atari_hadamard.py: Q(lambda) targets, network variants, epsilon-greedy, and tiny end-to-end runs."""
+"""pqn_atari_hadamard.py: Q(lambda) targets, network variants, epsilon-greedy, tiny end-to-end runs, and its speed benchmark."""
 
+import json
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 
 import common_metrics
 import pqn_atari_hadamard as pqn
-from conftest import assert_bad_model_files_rejected, read_config, read_scalars, run_fails, run_ok
+from conftest import assert_bad_model_files_rejected, read_config, read_scalars, run_fails, run_ok, run_script
 
 SCRIPT = "pqn_atari_hadamard.py"
 TINY = ("--num-envs", "2", "--num-steps", "16", "--total-timesteps", "128", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32")
@@ -246,6 +247,20 @@ def test_purejaxql_preset_runs(workdir):
     check_run(run_dir)
     config = read_config(run_dir)
     assert config["batch_size"] == 4096 and config["minibatch_size"] == 128
+
+
+def test_speed_benchmark_figures_are_consistent(workdir):
+    """bench_pqn.py measures the real script and its bounds; the bounds must order as their definitions say."""
+    result = run_script("bench_pqn.py", "--iterations", "2", "--presets", "cleanrl", "--variants", "tanh", "--metrics", "off",
+                        "--no-cuda", "--output", "bench.json", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((workdir / "bench.json").read_text())["results"]
+    assert row["update_only_sps"] > row["compute_only_sps"] > row["serial_sps"] > 0  # acting and env steps only add time
+    assert row["serial_sps"] < row["env_only_sps"]
+    assert math.isfinite(row["sps"]) and 0 < row["sps"] < 1.5 * row["serial_sps"]
+    assert row["command"].startswith("python pqn_atari_hadamard.py --num-envs=8 --num-steps=128")
+    table_row = next(line for line in result.stdout.splitlines() if line.startswith("| cleanrl | tanh | off |"))
+    assert len(table_row.strip("|").split("|")) == 11
 
 
 @pytest.mark.parametrize(
