@@ -18,13 +18,14 @@ Usage: python bench_pqn.py [--iterations 4] [--repeats 3] [--presets cleanrl pur
 """
 
 import json
-import statistics
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,11 @@ class BenchArgs:
     """training iterations per measured run (the first is left out of the SPS)"""
     repeats: int = 1
     """measurements of each figure; the table shows their medians"""
-    presets: list[str] = field(default_factory=lambda: ["cleanrl", "purejaxql"])
+    presets: list[Literal["cleanrl", "purejaxql"]] = field(default_factory=lambda: ["cleanrl", "purejaxql"])
     """presets to measure (cleanrl, purejaxql)"""
-    variants: list[str] = field(default_factory=lambda: ["tanh_hr"])
+    variants: list[Literal["tanh", "tanh_hr", "tanh_hr_all"]] = field(default_factory=lambda: ["tanh_hr"])
     """network variants (tanh, tanh_hr, tanh_hr_all)"""
-    metrics: list[str] = field(default_factory=lambda: ["off", "on"])
+    metrics: list[Literal["off", "on"]] = field(default_factory=lambda: ["off", "on"])
     """representation probes off, or on at every iteration"""
     env_id: str = "BreakoutNoFrameskip-v4"
     """the game"""
@@ -174,6 +175,8 @@ def median_of(measure, repeats: int) -> dict:
 
 def main():
     bench = tyro.cli(BenchArgs)
+    if bench.repeats < 1 or bench.iterations < 2:
+        sys.exit("error: --repeats must be at least 1 and --iterations at least 2 (the first iteration is left out)")
     device = torch.device("cuda" if torch.cuda.is_available() and bench.cuda else "cpu")
     info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)", "torch": torch.__version__}
     print(f"# PQN benchmark on {info['device']}, torch {info['torch']}, {bench.env_id}, {bench.iterations} iterations per run"
