@@ -2,9 +2,10 @@
 
 Usage: python bench_metrics.py
 
-For the plain network (conv 32x8x8/4, 64x4x4/2, 64x3x3/1 with ReLU, then Linear(3136, 512) + tanh) and
-its Hadamard variant (two Linear(3136, 512) + tanh branches multiplied), on a probe batch of 256 random
-uint8 84x84x4 frames scaled by 1/255, with 2 and then 1 torch threads, it prints the median (and min) over
+For the plain network (conv 32x8x8/4, 64x4x4/2, 64x3x3/1 with ReLU, then Linear(3136, 512) + tanh), its
+Hadamard variant (two Linear(3136, 512) + tanh branches multiplied) and the param-matched plain network (1023 tanh
+units, the widest representation a probe measures), on the scripts' default probe batch of 1024 random uint8
+84x84x4 frames scaled by 1/255, with 2 and then 1 torch threads, it prints the median (and min) over
 20 interleaved calls (after warm-up) of: the forward pass alone, one `probe` call (forward + every
 metric of every layer), and their difference, the metric overhead; then the median time of each metric of each
 layer on the tensors the probe's hooks capture, to show where the overhead goes.
@@ -21,7 +22,7 @@ import torch.nn as nn
 
 import common_metrics as cm
 
-BATCH, REPEATS, WARMUP = 256, 20, 3
+BATCH, REPEATS, WARMUP = 1024, 20, 3  # BATCH: the scripts' default --metrics-batch-size
 
 
 class HR(nn.Module):
@@ -35,7 +36,7 @@ class HR(nn.Module):
 
 
 class NatureCNN(nn.Module):
-    def __init__(self, hadamard: bool):
+    def __init__(self, hadamard: bool, width: int = 512):
         super().__init__()
         self.encoder = nn.Sequential(
             nn.Conv2d(4, 32, 8, stride=4), nn.ReLU(),
@@ -43,7 +44,7 @@ class NatureCNN(nn.Module):
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
             nn.Flatten(),
         )  # fmt: skip
-        self.representation = HR(3136, 512) if hadamard else nn.Sequential(nn.Linear(3136, 512), nn.Tanh())
+        self.representation = HR(3136, width) if hadamard else nn.Sequential(nn.Linear(3136, width), nn.Tanh())
 
     def forward(self, x):
         return self.representation(self.encoder(x / 255.0))
@@ -87,7 +88,7 @@ def captured_tensors(model: NatureCNN, obs: torch.Tensor) -> dict[str, tuple[tor
 def metric_calls(name: str, tensors: tuple[torch.Tensor, ...]) -> dict[str, object]:
     """Each metric of one layer as a zero-argument call, as `layer_metrics` computes it."""
     output = tensors[-1]
-    features = output if output.dim() == 2 else output.double().mean(dim=(2, 3))
+    features = output if output.dim() == 2 else output.mean(dim=(2, 3))
     calls = {
         "float64 copy + check": lambda: cm._checked(output, "output", (2, 4)),
         "svd (shared by ranks)": lambda: cm.singular_values(features),
@@ -114,9 +115,9 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for threads in (2, 1):
         torch.set_num_threads(threads)
-        for hadamard in (False, True):
-            model = NatureCNN(hadamard).eval()
-            label = f"{'HR' if hadamard else 'plain'} tanh, {threads} thread{'s' if threads > 1 else ''}"
+        for label, hadamard, width in (("plain tanh", False, 512), ("HR tanh", True, 512), ("param-matched tanh (1023)", False, 1023)):
+            model = NatureCNN(hadamard, width).eval()
+            label = f"{label}, {threads} thread{'s' if threads > 1 else ''}"
 
             def forward():
                 with torch.no_grad():

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.optim as optim
 import tyro
+from ale_py import Action
 from ale_py.env import AtariEnv
 from ale_py.roms import get_all_rom_ids
 from ale_py.vector_env import AtariVectorEnv
@@ -61,6 +62,8 @@ class Args:
     """sticky actions (default: 0.25 for `ALE/...-v5` ids, 0.0 otherwise)"""
     env_threads: int = 0
     """the number of C++ threads stepping the envs (0: one per env, up to the cores)"""
+    fire_on_life_loss: bool = True
+    """press FIRE on the step after a life loss in games that have it, as CleanRL's FireResetEnv (the step enters no loss)"""
 
     # Representation
     activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
@@ -71,8 +74,8 @@ class Args:
     """widen the plain representation to the parameter count of the Hadamard network"""
     metrics_interval: int = 50_000
     """log representation metrics every this many environment steps (0: never)"""
-    metrics_batch_size: int = 256
-    """the number of replay-buffer states the representation metrics are computed on"""
+    metrics_batch_size: int = 1024
+    """the number of most recent replay-buffer states the representation metrics are computed on"""
 
     # Algorithm specific arguments
     total_timesteps: int = 10_000_000
@@ -170,25 +173,54 @@ def make_eval_env(rom: str, repeat_action_probability: float, noop_max: int = 30
 
 
 class EpisodeStats:
-    """Raw score and length of each env's current game. With next-step autoreset, the env spends one step
-    resetting after a game over or a truncation: the action is ignored and the episode frame counter
+    """Raw score and length in frames of each env's current game. With next-step autoreset, the env spends one
+    step resetting after a game over or a truncation: the action is ignored and the episode frame counter
     restarts. That reset step ends the game's bookkeeping and enters no loss. A life loss is `terminated`
-    for learning while the game goes on (and some games end with lives left), so lives cannot tell."""
+    for learning while the game goes on (and some games end with lives left), so lives cannot tell.
+    The length counts emulator frames, noop starts included, as CleanRL's RecordEpisodeStatistics, which wraps
+    the frame-level env."""
 
     def __init__(self, num_envs: int, info: dict):
         self.episode_frame = info["episode_frame_number"].copy()
         self.episode_return = np.zeros(num_envs)
-        self.episode_length = np.zeros(num_envs, dtype=np.int64)
 
     def step(self, reward: np.ndarray, info: dict):
-        """Account one env step; returns the reset-step mask and (env, return, length) of each finished game."""
+        """Account one env step; returns the reset-step mask and (env, return, length in frames) of each finished game."""
         reset_step = info["episode_frame_number"] < self.episode_frame
+        finished = [(i, self.episode_return[i], int(self.episode_frame[i])) for i in np.flatnonzero(reset_step)]
         self.episode_frame = info["episode_frame_number"].copy()
-        finished = [(i, self.episode_return[i], int(self.episode_length[i])) for i in np.flatnonzero(reset_step)]
-        self.episode_return[reset_step], self.episode_length[reset_step] = 0.0, 0
+        self.episode_return[reset_step] = 0.0
         self.episode_return += reward
-        self.episode_length += ~reset_step
         return reset_step, finished
+
+
+class FireOnLifeLoss:
+    """CleanRL's semantics after a life loss: Baselines' EpisodicLifeEnv then FireResetEnv press FIRE at every reset,
+    and a life loss is a reset there, so the ball is relaunched for the agent. ale-py presses FIRE only when a whole
+    game starts. With `fire` (the FIRE action's index; None: off, or a game without FIRE) the step after a life loss
+    that leaves the game going gets FIRE whatever the policy chose; that forced step is not the policy's choice and
+    the caller keeps it out of every loss, like the reset step."""
+
+    def __init__(self, fire: Optional[int], lives: np.ndarray):
+        self.fire, self.lives = fire, np.array(lives)
+        self.pending = np.zeros(len(self.lives), dtype=bool)
+
+    def actions(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The actions to send and the mask of forced steps."""
+        forced = self.pending
+        return (np.where(forced, self.fire, actions) if forced.any() else actions), forced
+
+    def step(self, lives: np.ndarray):
+        """After a step: a life lost with lives left forces FIRE next (at a game over the next step is the reset step)."""
+        lives = np.array(lives)
+        self.pending = (lives < self.lives) & (lives > 0) & (self.fire is not None)
+        self.lives = lives
+
+
+def fire_action(envs: AtariVectorEnv, enabled: bool) -> Optional[int]:
+    """The index of FIRE in the game's (minimal) action set, or None when off or the game has no FIRE."""
+    action_set = list(envs.ale.get_action_set())
+    return action_set.index(Action.FIRE) if enabled and Action.FIRE in action_set else None
 
 
 # ----------------------------------------------------------------------------- replay buffer
@@ -234,11 +266,13 @@ class FrameReplayBuffer:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.frames, self.actions, self.rewards, self.flags, self.stamps))
 
-    def add(self, obs: np.ndarray, actions=None, rewards=None, terminated=None, episode_start=None):
+    def add(self, obs: np.ndarray, actions=None, rewards=None, terminated=None, episode_start=None, forced=None):
         """Record one vector-env step: `obs` (num_envs x stack x H x W) is the observation it returned,
         `actions`, `rewards`, `terminated` describe the transition from the previous observation.
         `episode_start[e]`: env e's step was an autoreset step, its `obs` starts a new episode and the step's
-        transition is dropped. The first call (after `reset`) must mark every env as an episode start."""
+        transition is dropped. The first call (after `reset`) must mark every env as an episode start.
+        `forced[e]`: env e's action was not the policy's (FIRE after a life loss): its `obs` continues the episode,
+        the step's transition is dropped."""
         n = self.num_envs
         episode_start = np.ones(n, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool)
         if self.writes == 0 and not episode_start.all():
@@ -249,7 +283,7 @@ class FrameReplayBuffer:
         if starts.size and obs[starts, :-1].any():
             raise ValueError("an episode's first observation must be zero-padded (only its newest frame non-zero)")
         slot, prev = self.pos, (self.pos - 1) % self.slots
-        cont = np.flatnonzero(~episode_start)
+        cont = np.flatnonzero(~episode_start if forced is None else ~episode_start & ~np.asarray(forced, dtype=bool))
         if cont.size:
             self.actions[cont, prev] = np.asarray(actions)[cont]
             self.rewards[cont, prev] = np.asarray(rewards)[cont]
@@ -274,6 +308,20 @@ class FrameReplayBuffer:
         valid = ((flags[:, k] & self.HAS_NEXT) != 0) & genuine[:, k + 1] & (stamps[:, k] >= 0)
         valid &= (genuine[:, :k] | before_start).all(axis=1)
         return valid, idx, before_start
+
+    def recent_observations(self, count: int) -> Optional[np.ndarray]:
+        """The `count` most recently written observations (`count x stack x H x W`, stacks rebuilt, newest first,
+        envs interleaved), or None while the buffer holds fewer. The representation probe's states: no random draw."""
+        per_env = -(-count // self.num_envs)
+        if self.writes < per_env or per_env > self.slots - self.stack:
+            return None
+        slot = np.repeat((self.pos - 1 - np.arange(per_env)) % self.slots, self.num_envs)[:count]
+        env = np.tile(self._envs, per_env)[:count]
+        idx = (slot[:, None] + self._offsets[:-1]) % self.slots  # the history and the slot itself
+        frames = self.frames[env[:, None], idx]
+        start = (self.flags[env[:, None], idx[:, 1:]] & self.EPISODE_START) != 0
+        frames[:, :-1][np.logical_or.accumulate(start[:, ::-1], axis=1)[:, ::-1]] = 0  # frames before the episode start
+        return frames
 
     def valid_transitions(self) -> tuple[np.ndarray, np.ndarray]:
         """Every (env, slot) pair holding a complete transition (a full scan; for tests and probes)."""
@@ -462,12 +510,15 @@ def build_q_network(checkpoint: dict, device) -> QNetwork:
     return q_network.to(device)
 
 
-def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, episodes: int, epsilon: float, seed: int, device, video_folder=None):
-    """Play `episodes` whole games epsilon-greedily (CleanRL's DQN evaluation); return their raw scores."""
+def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, episodes: int, epsilon: float, seed: int, device,
+             fire: Optional[int], video_folder=None):
+    """Play `episodes` whole games epsilon-greedily (CleanRL's DQN evaluation; FIRE forced after a life loss as in
+    training, `fire`); return their raw scores."""
     env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
     rng = np.random.default_rng(seed)  # the same model and seed play the same games, in training's run and in --eval-model's
     returns, episode_return = [], 0.0
-    obs, _ = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
+    fire_on_life_loss = FireOnLifeLoss(fire, [info["lives"]])
     was_training = q_network.training
     q_network.eval()
     while len(returns) < episodes:
@@ -476,13 +527,15 @@ def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, ep
         else:
             with torch.no_grad():
                 action = q_network(torch.as_tensor(np.asarray(obs), device=device)[None]).argmax(dim=1).item()
-        obs, reward, terminated, truncated, _ = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(int(fire_on_life_loss.actions(np.array([action]))[0][0]))
+        fire_on_life_loss.step([info["lives"]])
         episode_return += reward
         if terminated or truncated:
             returns.append(float(episode_return))
             episode_return = 0.0
             if len(returns) < episodes:  # no trailing reset: it would start an empty video
-                obs, _ = env.reset()
+                obs, info = env.reset()
+                fire_on_life_loss.step([info["lives"]])
     env.close()
     q_network.train(was_training)
     return returns
@@ -535,6 +588,7 @@ if __name__ == "__main__":
 
     envs = make_env(rom, args.num_envs, repeat_action_probability, args.env_threads)
     num_actions = int(envs.single_action_space.n)
+    fire = fire_action(envs, args.fire_on_life_loss)
     if checkpoint is not None:
         if checkpoint["num_actions"] != num_actions:
             fail(f"model file has {checkpoint['num_actions']} actions but {args.env_id} has {num_actions}")
@@ -576,8 +630,12 @@ if __name__ == "__main__":
         obs, info = envs.reset(seed=args.seed)
         rb.add(obs)
         episode_stats = EpisodeStats(n, info)
+        fire_on_life_loss = FireOnLifeLoss(fire, info["lives"])
         recent_returns = deque(maxlen=100)
         last_print, loss, q_mean = 0.0, None, None
+        # the first probe as soon as the buffer holds a probe's worth of states (the network at initialisation)
+        next_probe_step = 0 if args.metrics_interval > 0 else None
+        probe_size = min(args.metrics_batch_size, args.buffer_size)
         start_time = time.time()
         while global_step < args.total_timesteps:
             # ALGO LOGIC: put action logic here
@@ -588,6 +646,7 @@ if __name__ == "__main__":
                 with torch.inference_mode():
                     q_values = q_network(torch.from_numpy(obs).to(device))
                 actions = np.where(greedy, q_values.argmax(dim=1).cpu().numpy(), actions)
+            actions, forced = fire_on_life_loss.actions(actions)
             # the envs step in their C++ threads while the network trains on the replay memory
             envs.send(actions)
 
@@ -605,13 +664,15 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            # Representation metrics on states sampled from the replay memory
-            if steps_due(global_step, n, args.metrics_interval):
-                probe = rb.try_sample(args.metrics_batch_size)
-                if probe is not None:
-                    probe_obs = torch.from_numpy(probe[0][:, :-1]).to(device)
+            # Representation metrics on the most recent states in the replay memory (no random draw: metrics never
+            # change the run)
+            if next_probe_step is not None and global_step >= next_probe_step:
+                probe_obs = rb.recent_observations(probe_size)
+                if probe_obs is not None:
+                    probe_obs = torch.from_numpy(probe_obs).to(device)
                     for tag, value in common_metrics.probe(q_network, probe_obs, q_network.hidden_layers(), "fc").items():
                         writer.add_scalar(tag, value, global_step)
+                    next_probe_step = (global_step // args.metrics_interval + 1) * args.metrics_interval
 
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, rewards, terminated, truncated, info = envs.recv()
@@ -620,8 +681,10 @@ if __name__ == "__main__":
                 next_obs, rewards, terminated, truncated = next_obs[order], rewards[order], terminated[order], truncated[order]
                 info = {key: value[order] for key, value in info.items()}
             reset_step, finished = episode_stats.step(rewards, info)
-            # the reset step's transition spans a game boundary: it never enters the replay memory
-            rb.add(next_obs, actions, rewards, terminated, episode_start=reset_step)
+            fire_on_life_loss.step(info["lives"])
+            # the reset step's transition spans a game boundary, the forced FIRE's is not the policy's: neither enters
+            # the replay memory
+            rb.add(next_obs, actions, rewards, terminated, episode_start=reset_step, forced=forced)
             for _, episodic_return, episodic_length in finished:
                 writer.add_scalar("charts/episodic_return", episodic_return, global_step)
                 writer.add_scalar("charts/episodic_length", episodic_length, global_step)
@@ -643,7 +706,8 @@ if __name__ == "__main__":
                         "representation_width": q_network.q.in_features, "state_dict": q_network.state_dict()}, model_path)
             print(f"model saved to {model_path}")
         video_folder = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(q_network, rom, repeat_action_probability, args.eval_episodes, args.end_e, args.seed, device, video_folder)
+        eval_returns = evaluate(q_network, rom, repeat_action_probability, args.eval_episodes, args.end_e, args.seed, device, fire,
+                                video_folder)
         for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
         if eval_returns:

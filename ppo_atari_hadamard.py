@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 import tyro
+from ale_py import Action
 from ale_py.env import AtariEnv
 from ale_py.roms import get_all_rom_ids
 from ale_py.vector_env import AtariVectorEnv
@@ -60,6 +61,8 @@ class Args:
     """sticky actions (default: 0.25 for `ALE/...-v5` ids, 0.0 otherwise)"""
     env_threads: int = 0
     """the number of C++ threads stepping the envs (0: one per env, up to the cores)"""
+    fire_on_life_loss: bool = True
+    """press FIRE on the step after a life loss in games that have it, as CleanRL's FireResetEnv (the step enters no loss)"""
 
     # Representation
     activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
@@ -70,8 +73,8 @@ class Args:
     """widen the plain representation to the parameter count of the Hadamard network"""
     metrics_interval: int = 50_000
     """log representation metrics every this many environment steps (0: never)"""
-    metrics_batch_size: int = 256
-    """the number of rollout states the representation metrics are computed on"""
+    metrics_batch_size: int = 1024
+    """the number of rollout states the representation metrics are computed on (all valid ones when fewer)"""
 
     # Algorithm specific arguments
     total_timesteps: int = 10_000_000
@@ -203,25 +206,54 @@ def make_eval_env(rom: str, repeat_action_probability: float, noop_max: int = 30
 
 
 class EpisodeStats:
-    """Raw score and length of each env's current game. With next-step autoreset, the env spends one step
-    resetting after a game over or a truncation: the action is ignored and the episode frame counter
+    """Raw score and length in frames of each env's current game. With next-step autoreset, the env spends one
+    step resetting after a game over or a truncation: the action is ignored and the episode frame counter
     restarts. That reset step ends the game's bookkeeping and enters no loss. A life loss is `terminated`
-    for learning while the game goes on (and some games end with lives left), so lives cannot tell."""
+    for learning while the game goes on (and some games end with lives left), so lives cannot tell.
+    The length counts emulator frames, noop starts included, as CleanRL's RecordEpisodeStatistics, which wraps
+    the frame-level env."""
 
     def __init__(self, num_envs: int, info: dict):
         self.episode_frame = info["episode_frame_number"].copy()
         self.episode_return = np.zeros(num_envs)
-        self.episode_length = np.zeros(num_envs, dtype=np.int64)
 
     def step(self, reward: np.ndarray, info: dict):
-        """Account one env step; returns the reset-step mask and (env, return, length) of each finished game."""
+        """Account one env step; returns the reset-step mask and (env, return, length in frames) of each finished game."""
         reset_step = info["episode_frame_number"] < self.episode_frame
+        finished = [(i, self.episode_return[i], int(self.episode_frame[i])) for i in np.flatnonzero(reset_step)]
         self.episode_frame = info["episode_frame_number"].copy()
-        finished = [(i, self.episode_return[i], int(self.episode_length[i])) for i in np.flatnonzero(reset_step)]
-        self.episode_return[reset_step], self.episode_length[reset_step] = 0.0, 0
+        self.episode_return[reset_step] = 0.0
         self.episode_return += reward
-        self.episode_length += ~reset_step
         return reset_step, finished
+
+
+class FireOnLifeLoss:
+    """CleanRL's semantics after a life loss: Baselines' EpisodicLifeEnv then FireResetEnv press FIRE at every reset,
+    and a life loss is a reset there, so the ball is relaunched for the agent. ale-py presses FIRE only when a whole
+    game starts. With `fire` (the FIRE action's index; None: off, or a game without FIRE) the step after a life loss
+    that leaves the game going gets FIRE whatever the policy chose; that forced step is not the policy's choice and
+    the caller keeps it out of every loss, like the reset step."""
+
+    def __init__(self, fire: Optional[int], lives: np.ndarray):
+        self.fire, self.lives = fire, np.array(lives)
+        self.pending = np.zeros(len(self.lives), dtype=bool)
+
+    def actions(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The actions to send and the mask of forced steps."""
+        forced = self.pending
+        return (np.where(forced, self.fire, actions) if forced.any() else actions), forced
+
+    def step(self, lives: np.ndarray):
+        """After a step: a life lost with lives left forces FIRE next (at a game over the next step is the reset step)."""
+        lives = np.array(lives)
+        self.pending = (lives < self.lives) & (lives > 0) & (self.fire is not None)
+        self.lives = lives
+
+
+def fire_action(envs: AtariVectorEnv, enabled: bool) -> Optional[int]:
+    """The index of FIRE in the game's (minimal) action set, or None when off or the game has no FIRE."""
+    action_set = list(envs.ale.get_action_set())
+    return action_set.index(Action.FIRE) if enabled and Action.FIRE in action_set else None
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -327,8 +359,9 @@ def ppo_loss(agent, args, b_obs, b_logprobs, b_actions, b_advantages, b_returns,
         clipfrac = masked_mean(((ratio - 1.0).abs() > args.clip_coef).float(), b_valid)
     mb_advantages = b_advantages
     if args.norm_adv:
+        # CleanRL's normalisation over the valid steps, with the unbiased std (torch's default, n - 1)
         mean = masked_mean(mb_advantages, b_valid)
-        std = masked_mean((mb_advantages - mean) ** 2, b_valid).sqrt()
+        std = (((mb_advantages - mean) ** 2 * b_valid).sum() / (b_valid.sum() - 1.0).clamp(min=1.0)).sqrt()
         mb_advantages = (mb_advantages - mean) / (std + 1e-8)
 
     # Policy loss
@@ -373,23 +406,29 @@ class Rollout:
         )
 
 
-def collect_rollout(agent: Agent, envs, episode_stats: EpisodeStats, rollout: Rollout, next_obs: torch.Tensor):
+def collect_rollout(agent: Agent, envs, episode_stats: EpisodeStats, fire_on_life_loss: FireOnLifeLoss, rollout: Rollout,
+                    next_obs: torch.Tensor):
     """Play `num_steps` steps in every env with the current policy, filling `rollout` in place. Observations cross
     to the device once per step as uint8, the other per-env data in one copy. The next-step autoreset step (its
-    action ignored, its observation the finished game's last) gets valid = 0, so it enters no loss. Returns the
-    observation after the last step and the finished games as (step index, raw score, length)."""
+    action ignored, its observation the finished game's last) and the forced FIRE after a life loss (its action
+    not the policy's; `rollout.actions` holds the action sent) get valid = 0, so they enter no loss. Returns the
+    observation after the last step and the finished games as (step index, raw score, length in frames)."""
     finished_games = []
     for step in range(rollout.obs.shape[0]):
         rollout.obs[step] = next_obs
         with torch.no_grad():
             action, logprob, _, value = agent.get_action_and_value(next_obs)
         rollout.values[step], rollout.actions[step], rollout.logprobs[step] = value.flatten(), action, logprob
+        action_np, forced = fire_on_life_loss.actions(action.cpu().numpy())
+        if forced.any():
+            rollout.actions[step] = torch.from_numpy(action_np).to(rollout.actions.device)
 
-        next_obs_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+        next_obs_np, reward, terminated, truncated, info = envs.step(action_np)
         next_obs = torch.from_numpy(next_obs_np).to(rollout.obs.device)
         reset_step, finished = episode_stats.step(reward, info)
+        fire_on_life_loss.step(info["lives"])
         # rewards clipped by sign for learning; a life loss is terminal for learning while the game goes on
-        step_data = np.stack([np.sign(reward), terminated, truncated, ~reset_step]).astype(np.float32)
+        step_data = np.stack([np.sign(reward), terminated, truncated, ~reset_step & ~forced]).astype(np.float32)
         rollout.rewards[step], rollout.terminations[step], rollout.truncations[step], rollout.valid[step] = torch.from_numpy(
             step_data
         ).to(rollout.obs.device)
@@ -426,22 +465,27 @@ def build_agent(checkpoint: dict, device) -> Agent:
     return agent.to(device)
 
 
-def evaluate(agent: Agent, rom: str, repeat_action_probability: float, episodes: int, seed: int, device, video_folder=None):
-    """Play `episodes` whole games with the policy's sampled actions; return their raw scores."""
+def evaluate(agent: Agent, rom: str, repeat_action_probability: float, episodes: int, seed: int, device, fire: Optional[int],
+             video_folder=None):
+    """Play `episodes` whole games with the policy's sampled actions (FIRE forced after a life loss as in training,
+    `fire`); return their raw scores."""
     env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
     torch.manual_seed(seed)  # the same model and seed play the same games, in training's run and in --eval-model's
     returns, episode_return = [], 0.0
-    obs, _ = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
+    fire_on_life_loss = FireOnLifeLoss(fire, [info["lives"]])
     while len(returns) < episodes:
         with torch.no_grad():
             action, _, _, _ = agent.get_action_and_value(torch.as_tensor(np.asarray(obs), device=device)[None])
-        obs, reward, terminated, truncated, _ = env.step(action.item())
+        obs, reward, terminated, truncated, info = env.step(int(fire_on_life_loss.actions(action.cpu().numpy())[0][0]))
+        fire_on_life_loss.step([info["lives"]])
         episode_return += reward
         if terminated or truncated:
             returns.append(episode_return)
             episode_return = 0.0
             if len(returns) < episodes:  # no trailing reset: it would start an empty video
-                obs, _ = env.reset()
+                obs, info = env.reset()
+                fire_on_life_loss.step([info["lives"]])
     env.close()
     return returns
 
@@ -474,6 +518,7 @@ if __name__ == "__main__":
 
     envs = make_env(rom, args.num_envs, repeat_action_probability, args.env_threads)
     num_actions = int(envs.single_action_space.n)
+    fire = fire_action(envs, args.fire_on_life_loss)
     if checkpoint is not None:
         if checkpoint["num_actions"] != num_actions:
             fail(f"model file has {checkpoint['num_actions']} actions but {args.env_id} has {num_actions}")
@@ -512,8 +557,11 @@ if __name__ == "__main__":
         next_obs_np, info = envs.reset(seed=args.seed)
         next_obs = torch.from_numpy(next_obs_np).to(device)
         episode_stats = EpisodeStats(args.num_envs, info)
+        fire_on_life_loss = FireOnLifeLoss(fire, info["lives"])
         recent_returns = deque(maxlen=100)
         next_probe_step, last_print = (0 if args.metrics_interval > 0 else None), 0.0
+        # the probe's own generator: a run with metrics on takes the same actions and losses as one with them off
+        probe_generator = torch.Generator().manual_seed(args.seed)
 
         for iteration in range(1, args.num_iterations + 1):
             # Annealing the rate if instructed to do so.
@@ -521,7 +569,7 @@ if __name__ == "__main__":
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
                 optimizer.param_groups[0]["lr"] = frac * args.learning_rate
 
-            next_obs, finished_games = collect_rollout(agent, envs, episode_stats, rollout, next_obs)
+            next_obs, finished_games = collect_rollout(agent, envs, episode_stats, fire_on_life_loss, rollout, next_obs)
             for step, episodic_return, episodic_length in finished_games:
                 writer.add_scalar("charts/episodic_return", episodic_return, global_step + (step + 1) * args.num_envs)
                 writer.add_scalar("charts/episodic_length", episodic_length, global_step + (step + 1) * args.num_envs)
@@ -546,8 +594,9 @@ if __name__ == "__main__":
 
             # Representation metrics on valid states of this rollout, before the update changes the network
             if next_probe_step is not None and global_step >= next_probe_step:
-                candidates = torch.nonzero(b_valid).squeeze(1)
-                probe_idx = candidates[torch.randperm(len(candidates), device=device)[: args.metrics_batch_size]]
+                probe_idx = torch.nonzero(b_valid).squeeze(1)
+                if len(probe_idx) > args.metrics_batch_size:
+                    probe_idx = probe_idx[torch.randperm(len(probe_idx), generator=probe_generator)[: args.metrics_batch_size].to(device)]
                 metrics = common_metrics.probe(agent, b_obs[probe_idx], agent.hidden_layers(), "fc", forward=agent.get_value)
                 for tag, value in metrics.items():
                     writer.add_scalar(tag, value, global_step)
@@ -595,7 +644,7 @@ if __name__ == "__main__":
                         "representation_width": agent.actor.in_features, "state_dict": agent.state_dict()}, model_path)
             print(f"model saved to {model_path}")
         video_folder = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(agent, rom, repeat_action_probability, args.eval_episodes, args.seed, device, video_folder)
+        eval_returns = evaluate(agent, rom, repeat_action_probability, args.eval_episodes, args.seed, device, fire, video_folder)
         for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
         if eval_returns:

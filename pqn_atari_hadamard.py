@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 import tyro
+from ale_py import Action
 from ale_py.env import AtariEnv
 from ale_py.roms import get_all_rom_ids
 from ale_py.vector_env import AtariVectorEnv
@@ -63,6 +64,8 @@ class Args:
     """sticky actions; None: 0.25 for `ALE/...-v5` ids, 0.0 for the others"""
     env_threads: int = 0
     """the number of threads of the vector env (0: ale_py's default)"""
+    fire_on_life_loss: bool = True
+    """press FIRE on the step after a life loss in games that have it, as CleanRL's FireResetEnv (the step enters no loss)"""
     total_timesteps: int = 10000000
     """total timesteps of the experiments"""
     learning_rate: float = 2.5e-4
@@ -103,8 +106,8 @@ class Args:
     """if toggled, widen the plain representation to the parameter count of the HR network (not with --hadamard)"""
     metrics_interval: int = 50_000
     """log representation metrics every this many environment steps (0: never)"""
-    metrics_batch_size: int = 256
-    """the number of rollout states the representation metrics are computed on"""
+    metrics_batch_size: int = 1024
+    """the number of rollout states the representation metrics are computed on (all valid ones when fewer)"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -184,25 +187,54 @@ def make_eval_env(rom: str, repeat_action_probability: float, noop_max: int = 30
 
 
 class EpisodeStats:
-    """Raw score and length of each env's current game. With next-step autoreset, the env spends one step
-    resetting after a game over or a truncation: the action is ignored and the episode frame counter
+    """Raw score and length in frames of each env's current game. With next-step autoreset, the env spends one
+    step resetting after a game over or a truncation: the action is ignored and the episode frame counter
     restarts. That reset step ends the game's bookkeeping and enters no target. A life loss is `terminated`
-    for learning while the game goes on (and some games end with lives left), so lives cannot tell."""
+    for learning while the game goes on (and some games end with lives left), so lives cannot tell.
+    The length counts emulator frames, noop starts included, as CleanRL's RecordEpisodeStatistics, which wraps
+    the frame-level env."""
 
     def __init__(self, num_envs: int, info: dict):
         self.episode_frame = info["episode_frame_number"].copy()
         self.episode_return = np.zeros(num_envs)
-        self.episode_length = np.zeros(num_envs, dtype=np.int64)
 
     def step(self, reward: np.ndarray, info: dict):
-        """Account one env step; returns the mask of envs whose step was a reset step, and (env, return, length) of each finished game."""
+        """Account one env step; returns the reset-step mask and (env, return, length in frames) of each finished game."""
         reset_step = info["episode_frame_number"] < self.episode_frame
+        finished = [(i, self.episode_return[i], int(self.episode_frame[i])) for i in np.flatnonzero(reset_step)]
         self.episode_frame = info["episode_frame_number"].copy()
-        finished = [(i, self.episode_return[i], int(self.episode_length[i])) for i in np.flatnonzero(reset_step)]
-        self.episode_return[reset_step], self.episode_length[reset_step] = 0.0, 0
+        self.episode_return[reset_step] = 0.0
         self.episode_return += reward
-        self.episode_length += ~reset_step
         return reset_step, finished
+
+
+class FireOnLifeLoss:
+    """CleanRL's semantics after a life loss: Baselines' EpisodicLifeEnv then FireResetEnv press FIRE at every reset,
+    and a life loss is a reset there, so the ball is relaunched for the agent. ale-py presses FIRE only when a whole
+    game starts. With `fire` (the FIRE action's index; None: off, or a game without FIRE) the step after a life loss
+    that leaves the game going gets FIRE whatever the policy chose; that forced step is not the policy's choice and
+    the caller keeps it out of every loss, like the reset step."""
+
+    def __init__(self, fire: Optional[int], lives: np.ndarray):
+        self.fire, self.lives = fire, np.array(lives)
+        self.pending = np.zeros(len(self.lives), dtype=bool)
+
+    def actions(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The actions to send and the mask of forced steps."""
+        forced = self.pending
+        return (np.where(forced, self.fire, actions) if forced.any() else actions), forced
+
+    def step(self, lives: np.ndarray):
+        """After a step: a life lost with lives left forces FIRE next (at a game over the next step is the reset step)."""
+        lives = np.array(lives)
+        self.pending = (lives < self.lives) & (lives > 0) & (self.fire is not None)
+        self.lives = lives
+
+
+def fire_action(envs: AtariVectorEnv, enabled: bool) -> Optional[int]:
+    """The index of FIRE in the game's (minimal) action set, or None when off or the game has no FIRE."""
+    action_set = list(envs.ale.get_action_set())
+    return action_set.index(Action.FIRE) if enabled and Action.FIRE in action_set else None
 
 
 # ----------------------------------------------------------------------------- network
@@ -397,22 +429,27 @@ def build_network(checkpoint: dict, device) -> QNetwork:
     return net.to(device)
 
 
-def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, episodes: int, epsilon: float, seed: int, device, video_folder=None):
-    """Play `episodes` whole games with the epsilon-greedy policy; return their raw scores."""
+def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, episodes: int, epsilon: float, seed: int, device,
+             fire: Optional[int], video_folder=None):
+    """Play `episodes` whole games with the epsilon-greedy policy (FIRE forced after a life loss as in training,
+    `fire`); return their raw scores."""
     env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
     torch.manual_seed(seed)  # the same model and seed play the same games, in training's run and in --eval-model's
     returns, episode_return = [], 0.0
-    obs, _ = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
+    fire_on_life_loss = FireOnLifeLoss(fire, [info["lives"]])
     while len(returns) < episodes:
         with torch.no_grad():
             action = epsilon_greedy(q_network(torch.as_tensor(np.asarray(obs), device=device)[None]), epsilon)
-        obs, reward, terminated, truncated, _ = env.step(action.item())
+        obs, reward, terminated, truncated, info = env.step(int(fire_on_life_loss.actions(action.cpu().numpy())[0][0]))
+        fire_on_life_loss.step([info["lives"]])
         episode_return += reward
         if terminated or truncated:
             returns.append(episode_return)
             episode_return = 0.0
             if len(returns) < episodes:  # no trailing reset: it would start an empty video
-                obs, _ = env.reset()
+                obs, info = env.reset()
+                fire_on_life_loss.step([info["lives"]])
     env.close()
     return returns
 
@@ -445,6 +482,7 @@ if __name__ == "__main__":
 
     envs = make_env(rom, args.num_envs, repeat_action_probability, args.env_threads)
     num_actions = int(envs.single_action_space.n)
+    fire = fire_action(envs, args.fire_on_life_loss)
     if checkpoint is not None:
         if checkpoint["num_actions"] != num_actions:
             fail(f"model file has {checkpoint['num_actions']} actions but {args.env_id} has {num_actions}")
@@ -492,8 +530,11 @@ if __name__ == "__main__":
         next_obs_np, info = envs.reset(seed=args.seed)
         next_obs = torch.from_numpy(next_obs_np).to(device)
         episode_stats = EpisodeStats(args.num_envs, info)
+        fire_on_life_loss = FireOnLifeLoss(fire, info["lives"])
         recent_returns = deque(maxlen=100)
         next_probe_step, last_print = (0 if args.metrics_interval > 0 else None), 0.0
+        # the probe's own generator: a run with metrics on takes the same actions and losses as one with them off
+        probe_generator = torch.Generator().manual_seed(args.seed)
 
         for iteration in range(1, args.num_iterations + 1):
             # Annealing the rate if instructed to do so.
@@ -512,15 +553,20 @@ if __name__ == "__main__":
                     max_q[step] = q_values.max(dim=1).values
                     action = epsilon_greedy(q_values, epsilon)
                 actions[step] = action
+                action_np, forced = fire_on_life_loss.actions(action.cpu().numpy())
+                if forced.any():
+                    actions[step] = torch.from_numpy(action_np).to(device)
 
                 # TRY NOT TO MODIFY: execute the game and log data.
-                next_obs_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+                next_obs_np, reward, terminated, truncated, info = envs.step(action_np)
                 next_obs = torch.from_numpy(next_obs_np).to(device)
                 reset_step, finished = episode_stats.step(reward, info)
+                fire_on_life_loss.step(info["lives"])
                 rewards[step] = np.sign(reward)  # clipped for learning; the logged returns are raw scores
                 terminations[step] = terminated
                 truncations[step] = truncated
-                valid[step] = ~reset_step  # this step was an autoreset step: its action was ignored
+                # an autoreset step (its action ignored) or a forced FIRE (not the policy's action) enters no target
+                valid[step] = ~reset_step & ~forced
 
                 for _, episodic_return, episodic_length in finished:
                     writer.add_scalar("charts/episodic_return", episodic_return, global_step)
@@ -549,8 +595,9 @@ if __name__ == "__main__":
 
             # Representation metrics on valid states of this rollout, before the update changes the network
             if next_probe_step is not None and global_step >= next_probe_step:
-                candidates = torch.nonzero(b_valid).squeeze(1)
-                probe_idx = candidates[torch.randperm(len(candidates), device=device)[: args.metrics_batch_size]]
+                probe_idx = torch.nonzero(b_valid).squeeze(1)
+                if len(probe_idx) > args.metrics_batch_size:
+                    probe_idx = probe_idx[torch.randperm(len(probe_idx), generator=probe_generator)[: args.metrics_batch_size].to(device)]
                 for tag, value in common_metrics.probe(q_network, b_obs[probe_idx], q_network.probe_layers(), "fc").items():
                     writer.add_scalar(tag, value, global_step)
                 next_probe_step = global_step + args.metrics_interval
@@ -591,7 +638,8 @@ if __name__ == "__main__":
                         "representation_width": q_network.q.in_features, "state_dict": q_network.state_dict()}, model_path)
             print(f"model saved to {model_path}")
         video_folder = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(q_network, rom, repeat_action_probability, args.eval_episodes, args.eval_epsilon, args.seed, device, video_folder)
+        eval_returns = evaluate(q_network, rom, repeat_action_probability, args.eval_episodes, args.eval_epsilon, args.seed, device, fire,
+                                video_folder)
         for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
         if eval_returns:

@@ -72,3 +72,55 @@ def read_config(run_dir: Path) -> dict:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def assert_metrics_do_not_change_the_run(script: str, args: list, probe_flags: list, workdir: Path) -> dict:
+    """The same run with the probe on (`probe_flags`) and off (`--metrics-interval 0`) logs identical losses and
+    identical games: the probe draws with its own generator and touches no training generator (DESIGN section 4).
+    Returns the scalars of both runs."""
+    scalars = {}
+    for name, flags in (("on", probe_flags), ("off", ["--metrics-interval", "0"])):
+        (workdir / name).mkdir()
+        scalars[name] = read_scalars(run_ok(script, *args, *flags, cwd=workdir / name))
+    assert any(tag.startswith("representation/") for tag in scalars["on"])
+    assert not any(tag.startswith("representation/") for tag in scalars["off"]), "--metrics-interval 0 turns the probe off"
+    compared = [tag for tag in scalars["on"] if tag.startswith("losses/") or tag in ("charts/episodic_return", "charts/episodic_length")]
+    assert "charts/episodic_return" in compared and any(tag.startswith("losses/") for tag in compared), "the run must learn and finish a game"
+    for tag in compared:
+        assert scalars["on"][tag] == scalars["off"][tag], tag
+    return scalars
+
+
+def assert_fire_on_life_loss(module, steps: int = 300):
+    """`module.FireOnLifeLoss` on the real env, with a random policy that never picks FIRE: in Breakout the step after
+    each life loss that leaves the game going sends FIRE and is marked forced, and no other step is; with the flag off
+    nothing is forced (and the ball, never relaunched, costs no further life); MsPacman has no FIRE and is untouched."""
+    import numpy as np
+    from ale_py import Action
+
+    for rom, enabled in (("breakout", True), ("breakout", False), ("ms_pacman", True)):
+        envs = module.make_env(rom, 2, 0.0)
+        action_set = list(envs.ale.get_action_set())
+        fire = module.fire_action(envs, enabled)
+        assert fire == (action_set.index(Action.FIRE) if enabled and Action.FIRE in action_set else None)
+        never_fire = [i for i, action in enumerate(action_set) if action != Action.FIRE]
+        _, info = envs.reset(seed=0)
+        fire_on_life_loss = module.FireOnLifeLoss(fire, info["lives"])
+        rng = np.random.default_rng(0)
+        life_lost, life_losses, forced_steps = np.zeros(2, dtype=bool), 0, 0
+        for _ in range(steps):
+            actions, forced = fire_on_life_loss.actions(rng.choice(never_fire, 2))
+            np.testing.assert_array_equal(forced, life_lost & (fire is not None))
+            assert [action_set[a] for a in actions[forced]] == [Action.FIRE] * forced.sum()
+            assert Action.FIRE not in [action_set[a] for a in actions[~forced]]
+            _, _, terminated, _, info = envs.step(actions)
+            fire_on_life_loss.step(info["lives"])
+            life_lost = terminated & (info["lives"] > 0)
+            life_losses, forced_steps = life_losses + life_lost.sum(), forced_steps + forced.sum()
+        envs.close()
+        if rom == "breakout" and enabled:
+            assert forced_steps >= 4 and forced_steps >= life_losses - 2, (forced_steps, life_losses)
+        elif rom == "breakout":
+            assert forced_steps == 0 and life_losses <= 2, life_losses
+        else:
+            assert forced_steps == 0 and life_losses > 0, life_losses

@@ -160,6 +160,13 @@ def test_dead_fraction_conv_is_per_channel():
         ),
         # relu: relu(1) * relu(0): dh/dza = 1 * 0, dh/dzb = 1 * relu'(0) = 0 -> dead; relu(1) * relu(2) alive
         ("relu", ([1, 1], [1, -1]), ([0, -1], [2, 2]), 1 / 2),
+        # DESIGN section 4's worked values (2 states, 3 units): both branches saturated (dead) | a saturated, b passes
+        # gradient while a = tanh(5) != 0 | both small and unsaturated: alive, although |act'(za) b| < 0.02
+        ("tanh", ([5, 6], [5, 6], [0.01, 0.02]), ([7, -8], [0.1, 0.2], [0.02, -0.01]), 1 / 3),
+        # a always 0 | never both positive | alive
+        ("relu", ([-1, -2], [1, 3], [2, -1]), ([1, 2], [-1, -1], [1, 1]), 2 / 3),
+        # a small-scale init, |a|, |b| ~ 0.02 (DQN's default init): every product is below eps_grad, every unit alive
+        ("tanh", ([0.02, -0.01], [-0.03, 0.02]), ([0.01, 0.03], [0.02, -0.02]), 0.0),
     ],
 )
 def test_dead_fraction_hadamard(activation, za, zb, expected):
@@ -176,12 +183,16 @@ def test_dead_fraction_threshold_is_strict(activation, z, derivative):
     assert cm.dead_fraction(x, activation, eps_grad=math.nextafter(derivative, math.inf)) == 1.0
 
 
-@pytest.mark.parametrize("za, zb", [(0.25, 0.5), (0.5, 0.25)])
-def test_dead_fraction_hadamard_threshold_is_strict(za, zb):
-    """relu HR: dh/dza = relu(zb) = zb and dh/dzb = relu(za) = za; the larger one equal to eps_grad still passes gradient."""
-    za, zb = torch.full((2, 1), za, dtype=torch.float64), torch.full((2, 1), zb, dtype=torch.float64)
-    assert cm.dead_fraction(za, "relu", eps_grad=0.5, pre_activation_b=zb) == 0.0
-    assert cm.dead_fraction(za, "relu", eps_grad=math.nextafter(0.5, 1), pre_activation_b=zb) == 1.0
+def test_dead_fraction_hadamard_thresholds_are_strict():
+    """HR tanh: a path closes when act' < eps_grad (act' equal to eps_grad passes gradient); relu HR: a factor
+    below 1e-6 is zero and closes the other branch's path, one equal to 1e-6 does not."""
+    z = torch.full((2, 1), 0.5, dtype=torch.float64)
+    derivative = cm.activation_derivative(z, "tanh")[0, 0].item()
+    assert cm.dead_fraction(z, "tanh", eps_grad=derivative, pre_activation_b=z) == 0.0
+    assert cm.dead_fraction(z, "tanh", eps_grad=math.nextafter(derivative, math.inf), pre_activation_b=z) == 1.0
+    for small, expected in ((cm.ZERO_FACTOR, 0.0), (math.nextafter(cm.ZERO_FACTOR, 0), 1.0)):
+        za = torch.full((2, 1), small, dtype=torch.float64)
+        assert cm.dead_fraction(za, "relu", pre_activation_b=za) == expected
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu"])
@@ -331,7 +342,7 @@ class HR(nn.Module):
 
 def expected_metrics(output, activation, pre=None, branches=None, eps_grad=0.02, tau=0.025, delta=0.01) -> dict[str, float]:
     """Every metric of one layer by direct calls of the public functions on its tensors."""
-    features = output if output.dim() == 2 else output.double().mean(dim=(2, 3))  # the probe averages in float64
+    features = output if output.dim() == 2 else output.mean(dim=(2, 3))  # the probe averages a conv map in its own dtype
     m = {f.__name__: f(features) for f in (cm.effective_rank, cm.feature_rank, cm.stable_rank, cm.feature_norm)}
     m |= {"srank": cm.srank(features, delta), "dormant_fraction": cm.dormant_fraction(output, tau)}
     if branches is None:

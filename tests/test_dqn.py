@@ -10,7 +10,8 @@ import torch
 
 import common_metrics
 import dqn_atari_hadamard as dqn
-from conftest import assert_bad_model_files_rejected, read_config, read_scalars, run_fails, run_ok, run_script
+from conftest import (assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run, read_config,
+                      read_scalars, run_fails, run_ok, run_script)
 
 SCRIPT = "dqn_atari_hadamard.py"
 TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--buffer-size", "500", "--train-frequency", "4",
@@ -18,29 +19,34 @@ TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--buffer-size",
 
 
 # ----------------------------------------------------------------------------- replay buffer on a real env run
-def collect(num_envs: int, steps: int, seed: int, buffers: list, max_frames: int = 600):
-    """Random play on the real vector env, fed to every buffer in `buffers` as the training loop does; returns,
-    per env, every observation written (by write index) and the transition from it (or None), and the counts
-    of life losses, game overs and truncations seen. Checks the env's stacking on the way."""
+def collect(num_envs: int, steps: int, seed: int, buffers: list, max_frames: int = 700):
+    """Random play on the real vector env, FIRE forced after a life loss, fed to every buffer in `buffers` as the
+    training loop does; returns, per env, every observation written (by write index) and the transition from it (or
+    None: a reset step or a forced FIRE), and the counts of life losses, forced steps, game overs and truncations
+    seen. Checks the env's stacking on the way."""
     envs = dqn.make_env("breakout", num_envs, 0.0, max_num_frames_per_episode=max_frames)
     obs, info = envs.reset(seed=seed)
     stats = dqn.EpisodeStats(num_envs, info)
+    fire_on_life_loss = dqn.FireOnLifeLoss(dqn.fire_action(envs, True), info["lives"])
     for rb in buffers:
         rb.add(obs)
     written = [[obs[e].copy()] for e in range(num_envs)]
     episode_start = [[0] for _ in range(num_envs)]  # the write index at which each write's episode starts
     transition = [[] for _ in range(num_envs)]
-    events = {"life_loss": 0, "game_over": 0, "truncation": 0}
+    events = {"life_loss": 0, "forced": 0, "game_over": 0, "truncation": 0}
     rng = np.random.default_rng(seed)
     done = np.zeros(num_envs, dtype=bool)
     for _ in range(steps):
-        actions = rng.integers(0, 4, num_envs)
+        actions, forced = fire_on_life_loss.actions(rng.integers(0, 4, num_envs))
+        frames = info["episode_frame_number"]
         next_obs, rewards, terminated, truncated, info = envs.step(actions)
-        reset_step, _ = stats.step(rewards, info)
+        reset_step, finished = stats.step(rewards, info)
+        assert [length for _, _, length in finished] == list(frames[reset_step]), "a game's length is its frame count"
+        fire_on_life_loss.step(info["lives"])
         # only a terminated or truncated step ends a game (a truncation can come as a life loss's `terminated`)
         assert not (reset_step & ~done).any()
         for rb in buffers:
-            rb.add(next_obs, actions, rewards, terminated, episode_start=reset_step)
+            rb.add(next_obs, actions, rewards, terminated, episode_start=reset_step, forced=forced)
         for e in range(num_envs):
             w = len(written[e])
             if reset_step[e]:
@@ -50,8 +56,9 @@ def collect(num_envs: int, steps: int, seed: int, buffers: list, max_frames: int
             else:
                 # a life loss keeps the stack going: the env's stack shifts by one frame every step
                 np.testing.assert_array_equal(next_obs[e, :3], written[e][-1][1:])
-                transition[e].append((int(actions[e]), float(rewards[e]), bool(terminated[e])))
+                transition[e].append(None if forced[e] else (int(actions[e]), float(rewards[e]), bool(terminated[e])))
                 episode_start[e].append(episode_start[e][-1])
+                events["forced"] += bool(forced[e])
                 events["life_loss"] += bool(terminated[e] and info["lives"][e] > 0)
                 events["game_over"] += bool(terminated[e] and info["lives"][e] == 0)
                 events["truncation"] += bool(truncated[e])
@@ -98,17 +105,31 @@ def check_buffer(rb, written, transition, episode_start):
     assert {(int(e), int(rb.stamps[e, s])) for e, s in zip(sampled_env, sampled_slot)} <= got
     obs, actions, rewards, next_obs, terminated = rb.sample(8)
     assert obs.shape == next_obs.shape == (8, 4, 84, 84) and obs.dtype == np.uint8
+    check_recent_observations(rb, written)
     return len(got)
+
+
+def check_recent_observations(rb, written):
+    """The probe's states: the newest observations exactly as the env returned them, newest first, envs interleaved;
+    None while the buffer holds fewer (or its ring can never hold that many with their history)."""
+    per_env_max = min(rb.writes, rb.slots - rb.stack)
+    for count in {1, rb.num_envs + 1, per_env_max * rb.num_envs, per_env_max * rb.num_envs + 1}:
+        recent = rb.recent_observations(count)
+        if -(-count // rb.num_envs) > per_env_max:
+            assert recent is None, count
+            continue
+        expected = [written[e][rb.writes - 1 - k] for k in range(-(-count // rb.num_envs)) for e in range(rb.num_envs)][:count]
+        np.testing.assert_array_equal(recent, np.stack(expected))
 
 
 @pytest.mark.parametrize("num_envs", [1, 2])
 def test_replay_buffer_returns_exactly_the_collected_transitions(num_envs):
-    """Real Breakout play with life losses, game overs and truncations (600 frames), through buffers that never
+    """Real Breakout play with life losses, forced FIREs, game overs and truncations (700 frames), through buffers that never
     wrap, wrap many times, are smaller than an episode, or smaller than a stack."""
     sizes = [5000, 301, 40, 7, 3, 1]
     buffers = [dqn.FrameReplayBuffer(size, num_envs, seed=size) for size in sizes]
     written, transition, episode_start, events = collect(num_envs, 700 // num_envs, 11 + num_envs, buffers)
-    assert events["life_loss"] > 0 and events["game_over"] > 0 and events["truncation"] > 0, events
+    assert events["life_loss"] > 0 and events["forced"] > 0 and events["game_over"] > 0 and events["truncation"] > 0, events
     counts = [check_buffer(rb, written, transition, episode_start) for rb in buffers]
     assert counts[0] == sum(t is not None for e in range(num_envs) for t in transition[e]), "a buffer that never wrapped holds them all"
     assert all(count > 0 for count in counts)
@@ -136,6 +157,10 @@ def test_replay_buffer_at_every_write_of_a_small_ring():
         check_buffer(rb, written, transition, episode_start)
     assert starts >= 2
     envs.close()
+
+
+def test_fire_on_life_loss_on_the_real_env():
+    assert_fire_on_life_loss(dqn)
 
 
 def test_replay_buffer_memory_per_transition():
@@ -261,13 +286,15 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
     for tag in representation_tags | {"charts/SPS", "losses/td_loss", "losses/q_values", "charts/epsilon"}:
         assert tag in scalars, f"{tag} not logged"
         assert all(math.isfinite(value) for _, value in scalars[tag]), tag
-    assert [step for step, _ in scalars["representation/srank"]] == [100, 200]
+    # the first probe as soon as the buffer holds 32 states (at initialisation), then every 100 steps
+    num_envs = config["num_envs"]
+    assert [step for step, _ in scalars["representation/srank"]] == [(-(-32 // num_envs) - 1) * num_envs, 100, 200]
     # training starts after step 100; losses every 100 steps, from the first logging step after training starts
     assert [step for step, _ in scalars["losses/td_loss"]] == [200]
     assert scalars["charts/SPS"][-1][1] > 0
 
 
-def test_save_load_evaluate_round_trip_and_same_seed_same_losses(workdir):
+def test_save_load_evaluate_round_trip(workdir):
     (workdir / "a").mkdir()
     run_dir = run_ok(SCRIPT, *TINY, "--seed", "7", "--save-model", "--eval-episodes", "1", cwd=workdir / "a")
     model = run_dir / "dqn_atari_hadamard.pt"
@@ -282,11 +309,11 @@ def test_save_load_evaluate_round_trip_and_same_seed_same_losses(workdir):
     assert json.loads((evaluated / "done.json").read_text())["eval_returns"] == trained
     assert read_scalars(evaluated)["eval/episodic_return"][0][1] == trained[0]
 
-    (workdir / "b").mkdir()
-    again = read_scalars(run_ok(SCRIPT, *TINY, "--seed", "7", cwd=workdir / "b"))
-    first = read_scalars(run_dir)
-    for tag in ("losses/td_loss", "losses/q_values", "representation/srank", "representation/effective_rank"):
-        assert first[tag] == again[tag], tag
+
+def test_metrics_do_not_change_the_run(workdir):
+    """A probe of 32 recent states every 50 steps vs none: the same losses and games (the probe draws nothing)."""
+    args = ["--total-timesteps", "600", "--learning-starts", "100", "--buffer-size", "1000", "--target-network-frequency", "50", "--seed", "7"]
+    assert_metrics_do_not_change_the_run(SCRIPT, args, ["--metrics-interval", "50", "--metrics-batch-size", "32"], workdir)
 
 
 def test_bad_model_files_are_one_line_errors(workdir):

@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ import torch
 
 import common_metrics
 import ppo_atari_hadamard as ppo
-from conftest import assert_bad_model_files_rejected, read_config, read_scalars, run_fails, run_ok, run_script
+from conftest import (ROOT, assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run, read_config,
+                      read_scalars, run_fails, run_ok, run_script)
 
 SCRIPT = "ppo_atari_hadamard.py"
 TINY = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--num-minibatches", "2",
@@ -100,7 +103,7 @@ def test_env_id_styles(env_id, rom, sticky):
 def test_vector_env_matches_eval_env_and_episode_bookkeeping():
     """For a fixed action sequence without noop starts or sticky actions, the vector env and the eval env
     give the same observations and rewards through life losses to game over, and the game's logged return
-    and length are the eval env's sum of raw rewards and step count."""
+    and length are the eval env's sum of raw rewards and its frame count (CleanRL's lengths are in frames)."""
     envs = ppo.make_env("breakout", 1, 0.0, noop_max=0)
     eval_env = ppo.make_eval_env("breakout", 0.0, noop_max=0)
     obs, info = envs.reset(seed=3)
@@ -111,17 +114,17 @@ def test_vector_env_matches_eval_env_and_episode_bookkeeping():
     while True:
         action = int(rng.integers(4))
         obs, reward, terminated, truncated, info = envs.step(np.array([action]))
-        eval_obs, eval_reward, eval_terminated, eval_truncated, _ = eval_env.step(action)
+        eval_obs, eval_reward, eval_terminated, eval_truncated, eval_info = eval_env.step(action)
         reset_step, finished = stats.step(reward, info)
         assert not reset_step[0] and finished == []
         np.testing.assert_array_equal(obs[0], np.asarray(eval_obs))
         assert reward[0] == eval_reward
-        total, length = total + eval_reward, length + 1
+        total, length = total + eval_reward, eval_info["episode_frame_number"]
         life_losses += bool(terminated[0]) and not eval_terminated
         if eval_terminated or eval_truncated:
             assert terminated[0] or truncated[0]
             break
-    assert life_losses == 4 and total > 0
+    assert life_losses == 4 and total > 0 and length > 4 * 100
     obs, reward, terminated, truncated, info = envs.step(np.array([1]))  # the autoreset step
     reset_step, finished = stats.step(reward, info)
     assert reset_step[0] and finished == [(0, total, length)]
@@ -130,22 +133,64 @@ def test_vector_env_matches_eval_env_and_episode_bookkeeping():
     eval_env.close()
 
 
-def test_rollout_masks_exactly_the_autoreset_steps():
-    """On the real env, valid = 0 marks exactly the steps whose action was ignored: the step after which the
-    observation is a new game's (its stack padded with zero frames). Those steps carry no reward."""
+def rollout_on_breakout(fire_on_life_loss: bool, never_fire: bool = False):
+    """A 400-step rollout of 2 Breakout envs; returns it with its next observation, the finished games and, per step,
+    whether the step's observation is a new game's (its stack padded with zero frames: the step was a reset step)."""
     torch.manual_seed(0)
+    agent = ppo.Agent(4)
+    if never_fire:
+        with torch.no_grad():
+            agent.actor.bias[1] = -1e9  # the policy never picks FIRE: every FIRE sent is forced
     envs = ppo.make_env("breakout", 2, 0.0)
     obs, info = envs.reset(seed=0)
     rollout = ppo.Rollout(400, 2, obs.shape[1:], "cpu")
-    next_obs, finished = ppo.collect_rollout(ppo.Agent(4), envs, ppo.EpisodeStats(2, info), rollout, torch.from_numpy(obs))
+    forcing = ppo.FireOnLifeLoss(ppo.fire_action(envs, fire_on_life_loss), info["lives"])
+    next_obs, finished = ppo.collect_rollout(agent, envs, ppo.EpisodeStats(2, info), forcing, rollout, torch.from_numpy(obs))
     envs.close()
     following = torch.cat([rollout.obs[1:], next_obs[None]])
-    new_game = (following[:, :, :3] == 0).flatten(2).all(dim=2)
+    return rollout, next_obs, finished, (following[:, :, :3] == 0).flatten(2).all(dim=2)
+
+
+def test_rollout_masks_exactly_the_autoreset_steps():
+    """On the real env, valid = 0 marks exactly the steps whose action was ignored: the step after which the
+    observation is a new game's (its stack padded with zero frames). Those steps carry no reward."""
+    rollout, _, finished, new_game = rollout_on_breakout(fire_on_life_loss=False)
     assert len(finished) >= 2 and new_game.sum() == len(finished)
     assert torch.equal(rollout.valid == 0, new_game)
     assert (rollout.rewards[new_game] == 0).all()
     for step, _, _ in finished:
         assert new_game[step].any()
+
+
+def test_rollout_forces_and_masks_fire_after_a_life_loss():
+    """With a policy that never picks FIRE: the step after each life loss that leaves the game going sends FIRE and
+    enters no loss (valid = 0), as do the reset steps; no other step is masked and no other FIRE is sent."""
+    rollout, _, finished, new_game = rollout_on_breakout(fire_on_life_loss=True, never_fire=True)
+    life_lost = rollout.terminations.bool() & ~torch.cat([new_game[1:], torch.zeros_like(new_game[:1])])
+    forced = torch.cat([torch.zeros_like(life_lost[:1]), life_lost[:-1]])  # the step after a life loss
+    assert forced.sum() >= 4 and len(finished) >= 1
+    assert torch.equal(rollout.actions == 1, forced), "FIRE is sent exactly on the forced steps"
+    assert torch.equal(rollout.valid == 0, new_game | forced)
+
+
+def test_fire_on_life_loss_on_the_real_env():
+    assert_fire_on_life_loss(ppo)
+
+
+def test_advantage_normalisation_uses_the_unbiased_std_over_valid_steps():
+    """CleanRL normalises a minibatch's advantages with torch's std (n - 1); masked steps take no part."""
+    torch.manual_seed(0)
+    agent, args = ppo.Agent(4), ppo.Args()
+    obs, actions = torch.randint(0, 256, (6, 4, 84, 84), dtype=torch.uint8), torch.randint(0, 4, (6,))
+    with torch.no_grad():
+        _, logprobs, _, values = agent.get_action_and_value(obs, actions)
+    old_logprobs = logprobs - torch.tensor([0.05, -0.03, 0.02, -0.08, 0.01, 0.04])  # ratios inside the clip range
+    advantages, valid = torch.tensor([1.0, -2.0, 0.5, 3.0, 100.0, -50.0]), torch.tensor([1.0, 1, 1, 1, 0, 0])
+    _, stats = ppo.ppo_loss(agent, args, obs, old_logprobs, actions, advantages, values.flatten(), values.flatten(), valid)
+    kept = advantages[:4]
+    normalised = (kept - kept.mean()) / (kept.std() + 1e-8)
+    expected = -(normalised * (logprobs - old_logprobs)[:4].exp()).mean()
+    torch.testing.assert_close(stats[0], expected)
 
 
 def test_save_load_evaluate_round_trip(workdir):
@@ -184,13 +229,23 @@ def test_bad_flags_are_one_line_errors(workdir, flags, message):
     assert message in run_fails(SCRIPT, *flags, cwd=workdir)
 
 
-def test_same_seed_gives_same_first_losses(workdir):
-    first = {}
-    for name in ("a", "b"):
-        (workdir / name).mkdir()
-        scalars = read_scalars(run_ok(SCRIPT, *TINY, "--seed", "7", cwd=workdir / name))
-        first[name] = {tag: scalars[tag][0] for tag in ("losses/value_loss", "losses/policy_loss", "losses/entropy", "representation/srank")}
-    assert first["a"] == first["b"]
+def test_metrics_do_not_change_the_run(workdir):
+    """Metrics every iteration on 64 of the rollout's valid states (a random draw) vs none: the same losses and games."""
+    args = ["--num-envs", "2", "--num-steps", "128", "--total-timesteps", "768", "--num-minibatches", "2", "--seed", "7"]
+    scalars = assert_metrics_do_not_change_the_run(SCRIPT, args, ["--metrics-interval", "1", "--metrics-batch-size", "64"], workdir)
+    assert [step for step, _ in scalars["on"]["representation/srank"]] == [256, 512, 768]
+
+    # bench_parity.py reads both runs back: the same score and games, the probe's metrics only where they were logged
+    runs = [f"{name}={next((workdir / name / 'runs').iterdir())}" for name in ("on", "off")]
+    result = subprocess.run([sys.executable, str(ROOT / "bench_parity.py"), "--out", str(workdir / "parity"), *runs],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in result.stdout.splitlines()
+            if line.startswith("| on ") or line.startswith("| off ")}
+    returns = [value for _, value in scalars["on"]["charts/episodic_return"]][-100:]
+    assert rows["on"][:4] == rows["off"][:4] and rows["on"][1] == f"{np.mean(returns):.2f} ({np.mean(returns):.2f})"
+    assert rows["off"][4:] == ["-", "-"] and rows["on"][4:] != ["-", "-"]
+    assert (workdir / "parity" / "parity_return.png").stat().st_size > 0
 
 
 def test_tracking_writes_an_offline_wandb_run(workdir):
