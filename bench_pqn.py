@@ -145,7 +145,7 @@ def compute_sps(bench: BenchArgs, preset: dict, variant: list[str], device: torc
     t_update = timed(update, repeats)
     t_act = timed(act, repeats)
     probe_obs = obs.reshape(batch, 4, 84, 84)[-pqn.Args().metrics_batch_size :]
-    t_probe = timed(lambda: pqn.common_metrics.probe(net, probe_obs, net.probe_layers(), representation="fc"), repeats)
+    t_probe = timed(lambda: pqn.common_metrics.probe(net, probe_obs, net.hidden_layers(), representation="fc"), repeats)
     return {"update_only_sps": batch / t_update, "compute_only_sps": batch / (t_update + t_act), "probe_seconds": t_probe}
 
 

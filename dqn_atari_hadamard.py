@@ -3,6 +3,7 @@
 # Usage: python dqn_atari_hadamard.py --env-id BreakoutNoFrameskip-v4 --hadamard
 import difflib
 import json
+import math
 import os
 import random
 import re
@@ -106,6 +107,12 @@ class Args:
     """the frequency of training"""
     compile: bool = False
     """compile the TD loss with torch.compile (about 10% faster updates on CPU after a start-up of tens of seconds)"""
+
+
+def duration(seconds: float) -> str:
+    """`h:mm:ss` for the progress line."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def fail(message: str):
@@ -543,6 +550,9 @@ def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, ep
 
 def check_args(args: Args):
     """Settings that cannot work together stop here, before anything is written."""
+    for name, value in asdict(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("num_envs", "total_timesteps", "buffer_size", "batch_size", "train_frequency", "target_network_frequency",
                  "metrics_batch_size"):
         if getattr(args, name) <= 0:
@@ -556,7 +566,7 @@ def check_args(args: Args):
         fail(f"--learning-rate must be positive, got {args.learning_rate}")
     if not 0.0 < args.tau <= 1.0:
         fail(f"--tau must be in (0, 1], got {args.tau}")
-    for name in ("start_e", "end_e", "exploration_fraction"):
+    for name in ("gamma", "start_e", "end_e", "exploration_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
@@ -568,6 +578,9 @@ if __name__ == "__main__":
     check_args(args)
     checkpoint = load_model(args.eval_model) if args.eval_model else None
     if checkpoint is not None:  # evaluate the saved model on the game and network it was trained with
+        if args.env_id not in (Args.env_id, checkpoint["args"]["env_id"]):
+            fail(f"model file {args.eval_model} was trained on {checkpoint['args']['env_id']}, not {args.env_id}; leave --env-id out to "
+                 "evaluate it on its own game")
         args.env_id, args.activation = checkpoint["args"]["env_id"], checkpoint["args"]["activation"]
         args.hadamard, args.param_matched = checkpoint["args"]["hadamard"], checkpoint["args"]["param_matched"]
     rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
@@ -695,7 +708,9 @@ if __name__ == "__main__":
                 last_print = time.time()
                 sps = int(global_step / (time.time() - start_time))
                 recent = f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games" if recent_returns else "no game finished yet"
-                print(f"step {global_step:>10,}/{args.total_timesteps:,}  SPS {sps:>5}  epsilon {epsilon:.3f}  return {recent}", flush=True)
+                elapsed = time.time() - start_time
+                print(f"step {global_step:>10,}/{args.total_timesteps:,} ({global_step / args.total_timesteps:4.0%})  elapsed {duration(elapsed)}  "
+                      f"ETA {duration(elapsed * (args.total_timesteps - global_step) / max(global_step, 1))}  SPS {sps:>5}  epsilon {epsilon:.3f}  return {recent}", flush=True)
 
     envs.close()
     eval_returns = []
@@ -716,5 +731,7 @@ if __name__ == "__main__":
     writer.close()
     with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
         json.dump({"global_step": global_step, "wall_time_s": time.time() - start_time, "eval_returns": eval_returns}, f)
+    videos = f", videos in {os.path.join('videos', run_name)}/" if args.capture_video else ""
+    print(f"done: outputs in {run_dir}/ (TensorBoard: tensorboard --logdir {os.path.dirname(run_dir)}){videos}", flush=True)
     if args.track:
         wandb.finish()

@@ -2,6 +2,7 @@
 # Usage: python ppo_atari_hadamard.py --env-id BreakoutNoFrameskip-v4 --hadamard
 import difflib
 import json
+import math
 import os
 import random
 import re
@@ -110,7 +111,7 @@ class Args:
     target_kl: Optional[float] = None
     """the target KL divergence threshold"""
     compile: bool = False
-    """compile the update step with torch.compile"""
+    """compile the PPO loss with torch.compile (the optimizer stays eager)"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -121,6 +122,12 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
+def duration(seconds: float) -> str:
+    """`h:mm:ss` for the progress line."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def fail(message: str):
     """Bad input: one clear line on stderr and a non-zero exit, before any output is written."""
     sys.exit(f"error: {message}")
@@ -128,6 +135,9 @@ def fail(message: str):
 
 def check_args(args: Args):
     """Settings that cannot work together stop here, before anything is written."""
+    for name, value in asdict(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "metrics_batch_size"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -143,6 +153,15 @@ def check_args(args: Args):
         fail(f"--total-timesteps {args.total_timesteps} is less than one batch of {batch_size} (num-envs x num-steps)")
     if args.hadamard and args.param_matched:
         fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
+    for name in ("learning_rate", "clip_coef", "max_grad_norm") + (("target_kl",) if args.target_kl is not None else ()):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("ent_coef", "vf_coef"):
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
         fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
 
@@ -495,6 +514,9 @@ if __name__ == "__main__":
     check_args(args)
     checkpoint = load_model(args.eval_model) if args.eval_model else None
     if checkpoint is not None:  # evaluate the saved model on the game and network it was trained with
+        if args.env_id not in (Args.env_id, checkpoint["args"]["env_id"]):
+            fail(f"model file {args.eval_model} was trained on {checkpoint['args']['env_id']}, not {args.env_id}; leave --env-id out to "
+                 "evaluate it on its own game")
         args.env_id, args.activation = checkpoint["args"]["env_id"], checkpoint["args"]["activation"]
         args.hadamard, args.param_matched = checkpoint["args"]["hadamard"], checkpoint["args"]["param_matched"]
     rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
@@ -633,7 +655,9 @@ if __name__ == "__main__":
             if time.time() - last_print > 10 or iteration in (1, args.num_iterations):
                 last_print = time.time()
                 recent = f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games" if recent_returns else "no game finished yet"
-                print(f"step {global_step:>10,}/{args.total_timesteps:,}  SPS {sps:>5}  return {recent}", flush=True)
+                elapsed = time.time() - start_time
+                print(f"step {global_step:>10,}/{args.total_timesteps:,} ({global_step / args.total_timesteps:4.0%})  elapsed {duration(elapsed)}  "
+                      f"ETA {duration(elapsed * (args.total_timesteps - global_step) / max(global_step, 1))}  SPS {sps:>5}  return {recent}", flush=True)
 
     envs.close()
     eval_returns = []
@@ -653,5 +677,7 @@ if __name__ == "__main__":
     writer.close()
     with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
         json.dump({"global_step": global_step, "wall_time_s": time.time() - start_time, "eval_returns": eval_returns}, f)
+    videos = f", videos in {os.path.join('videos', run_name)}/" if args.capture_video else ""
+    print(f"done: outputs in {run_dir}/ (TensorBoard: tensorboard --logdir {os.path.dirname(run_dir)}){videos}", flush=True)
     if args.track:
         wandb.finish()

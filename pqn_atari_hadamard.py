@@ -4,6 +4,7 @@
 # The envs are ale_py's AtariVectorEnv; see DESIGN.md for the env semantics, the network and the metrics.
 import difflib
 import json
+import math
 import os
 import random
 import re
@@ -35,9 +36,9 @@ class Args:
     seed: int = 1
     """seed of the experiment"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=False`"""
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
-    """if toggled, cuda will be enabled by default"""
+    """if toggled, cuda will be used when available"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "hadamard-atari"
@@ -45,28 +46,44 @@ class Args:
     wandb_entity: Optional[str] = None
     """the entity (team) of wandb's project"""
     capture_video: bool = False
-    """whether to record videos of the evaluation episodes at the end of training (in `videos/<run_name>`)"""
+    """whether to record videos of the evaluation episodes to `videos/<run_name>/`"""
     save_model: bool = False
-    """whether to save the model to `runs/<run_name>/<exp_name>.pt` and evaluate it"""
+    """whether to save the model to `runs/<run_name>/` and then evaluate it"""
     eval_episodes: int = 10
-    """the number of whole games played by the evaluation after training (or with --eval-model)"""
+    """the number of whole games played by the evaluation after training"""
     eval_epsilon: float = 0.05
     """the epsilon of the epsilon-greedy evaluation policy"""
     eval_model: Optional[str] = None
-    """skip training: load this model file (saved by this script) and evaluate it"""
+    """skip training: load this model file and evaluate it"""
     run_name: Optional[str] = None
-    """the run's name (default `<env_id>__<exp_name>__<seed>__<unix time>`)"""
+    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`)"""
 
-    # Algorithm specific arguments
+    # Environment
     env_id: str = "BreakoutNoFrameskip-v4"
-    """the id of the environment (`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5`)"""
+    """the id of the environment: `BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5`"""
     repeat_action_probability: Optional[float] = None
-    """sticky actions; None: 0.25 for `ALE/...-v5` ids, 0.0 for the others"""
+    """sticky actions (default: 0.25 for `ALE/...-v5` ids, 0.0 otherwise)"""
     env_threads: int = 0
-    """the number of threads of the vector env (0: ale_py's default)"""
+    """the number of C++ threads stepping the envs (0: one per env, up to the cores)"""
     fire_on_life_loss: bool = True
     """press FIRE on the step after a life loss in games that have it, as CleanRL's FireResetEnv (the step enters no loss)"""
-    total_timesteps: int = 10000000
+
+    # Representation
+    activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
+    """the activation of the representation layer (and of every hidden layer with --hadamard-scope all)"""
+    hadamard: bool = False
+    """make the representation the element-wise product of two independent layers (each LN(W z) through the activation)"""
+    hadamard_scope: Literal["representation", "all"] = "representation"
+    """`representation`: only the 3136->512 layer uses --activation (and HR); `all`: the conv layers too (ReLU otherwise)"""
+    param_matched: bool = False
+    """widen the plain representation to the parameter count of the Hadamard network"""
+    metrics_interval: int = 50_000
+    """log representation metrics every this many environment steps (0: never)"""
+    metrics_batch_size: int = 1024
+    """the number of rollout states the representation metrics are computed on (all valid ones when fewer)"""
+
+    # Algorithm specific arguments
+    total_timesteps: int = 10_000_000
     """total timesteps of the experiments"""
     learning_rate: float = 2.5e-4
     """the learning rate of the optimizer"""
@@ -89,25 +106,11 @@ class Args:
     end_e: float = 0.01
     """the ending epsilon for exploration"""
     exploration_fraction: float = 0.10
-    """the fraction of `total_timesteps` it takes from start_e to end_e"""
+    """the fraction of `total-timesteps` it takes from start-e to go end-e"""
     q_lambda: float = 0.65
     """the lambda for the Q-Learning algorithm"""
     compile: bool = False
     """compile the minibatch loss with torch.compile (about 1.2x faster updates on 2 CPU cores, after a start-up of tens of seconds)"""
-
-    # Representation arguments
-    activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
-    """the activation of the representation layer (and of every hidden layer with --hadamard-scope all)"""
-    hadamard: bool = False
-    """if toggled, the layers in --hadamard-scope are Hadamard representations: LN(W1 z) and LN(W2 z) through the activation, multiplied"""
-    hadamard_scope: Literal["representation", "all"] = "representation"
-    """`representation`: only the 3136->512 layer uses --activation (and HR); `all`: the conv layers too (ReLU otherwise)"""
-    param_matched: bool = False
-    """if toggled, widen the plain representation to the parameter count of the HR network (not with --hadamard)"""
-    metrics_interval: int = 50_000
-    """log representation metrics every this many environment steps (0: never)"""
-    metrics_batch_size: int = 1024
-    """the number of rollout states the representation metrics are computed on (all valid ones when fewer)"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -123,6 +126,12 @@ REPRESENTATION_WIDTH = 512
 
 
 # ----------------------------------------------------------------------------- environment
+def duration(seconds: float) -> str:
+    """`h:mm:ss` for the progress line."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def fail(message: str):
     """Bad input: one clear line on stderr and a non-zero exit, before any output is written."""
     sys.exit(f"error: {message}")
@@ -286,7 +295,7 @@ class QNetwork(nn.Module):
         x = self.conv3(self.conv2(self.conv1(x)))
         return self.q(self.fc(x.flatten(1)))
 
-    def probe_layers(self) -> dict:
+    def hidden_layers(self) -> dict:
         """The hidden layers for `common_metrics.probe`: an HR module or the plain layer's activation module."""
         return {name: (m if isinstance(m, Hadamard) else m[-1]) for name in ("conv1", "conv2", "conv3", "fc") for m in [getattr(self, name)]}
 
@@ -295,8 +304,10 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def param_matched_width(num_actions: int, activation: str, hadamard_scope: str) -> int:
-    """Width of the plain representation whose network has the parameter count closest to the HR network's."""
+def representation_width(param_matched: bool, num_actions: int, activation: str = "tanh", hadamard_scope: str = "representation") -> int:
+    """512 units, or for `--param-matched` the plain width whose network has the parameter count closest to the HR network's."""
+    if not param_matched:
+        return REPRESENTATION_WIDTH
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         target = num_parameters(QNetwork(num_actions, activation, True, hadamard_scope))
         base = num_parameters(QNetwork(num_actions, activation, False, hadamard_scope, REPRESENTATION_WIDTH))
@@ -372,6 +383,9 @@ def variant_name(args) -> str:
 # ----------------------------------------------------------------------------- checks, evaluation, saving
 def check_args(args: Args):
     """Settings that cannot work together stop here, before anything is written."""
+    for name, value in asdict(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "metrics_batch_size"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -459,6 +473,9 @@ if __name__ == "__main__":
     check_args(args)
     checkpoint = load_model(args.eval_model) if args.eval_model else None
     if checkpoint is not None:  # evaluate the saved model on the game and network it was trained with
+        if args.env_id not in (Args.env_id, checkpoint["args"]["env_id"]):
+            fail(f"model file {args.eval_model} was trained on {checkpoint['args']['env_id']}, not {args.env_id}; leave --env-id out to "
+                 "evaluate it on its own game")
         for key in ("env_id", "activation", "hadamard", "hadamard_scope", "param_matched"):
             setattr(args, key, checkpoint["args"][key])
     rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
@@ -488,10 +505,10 @@ if __name__ == "__main__":
             fail(f"model file has {checkpoint['num_actions']} actions but {args.env_id} has {num_actions}")
         q_network = build_network(checkpoint, device)
     else:
-        width = param_matched_width(num_actions, args.activation, args.hadamard_scope) if args.param_matched else REPRESENTATION_WIDTH
+        width = representation_width(args.param_matched, num_actions, args.activation, args.hadamard_scope)
         q_network = QNetwork(num_actions, args.activation, args.hadamard, args.hadamard_scope, width).to(device)
     n_params = num_parameters(q_network)
-    print(f"{run_name}: {variant} network, {n_params:,} parameters, device {device}")
+    print(f"{run_name}: {variant} representation, {n_params:,} parameters, device {device}")
 
     # Output: nothing is written before this point.
     run_dir = os.path.join("runs", run_name)
@@ -598,7 +615,7 @@ if __name__ == "__main__":
                 probe_idx = torch.nonzero(b_valid).squeeze(1)
                 if len(probe_idx) > args.metrics_batch_size:
                     probe_idx = probe_idx[torch.randperm(len(probe_idx), generator=probe_generator)[: args.metrics_batch_size].to(device)]
-                for tag, value in common_metrics.probe(q_network, b_obs[probe_idx], q_network.probe_layers(), "fc").items():
+                for tag, value in common_metrics.probe(q_network, b_obs[probe_idx], q_network.hidden_layers(), "fc").items():
                     writer.add_scalar(tag, value, global_step)
                 next_probe_step = global_step + args.metrics_interval
 
@@ -627,7 +644,9 @@ if __name__ == "__main__":
             if time.time() - last_print > 10 or iteration in (1, args.num_iterations):
                 last_print = time.time()
                 recent = f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games" if recent_returns else "no game finished yet"
-                print(f"step {global_step:>10,}/{args.total_timesteps:,}  SPS {sps:>5}  epsilon {epsilon:.3f}  return {recent}", flush=True)
+                elapsed = time.time() - start_time
+                print(f"step {global_step:>10,}/{args.total_timesteps:,} ({global_step / args.total_timesteps:4.0%})  elapsed {duration(elapsed)}  "
+                      f"ETA {duration(elapsed * (args.total_timesteps - global_step) / max(global_step, 1))}  SPS {sps:>5}  epsilon {epsilon:.3f}  return {recent}", flush=True)
 
     envs.close()
     eval_returns = []
@@ -649,5 +668,7 @@ if __name__ == "__main__":
     with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
         json.dump({"global_step": global_step, "wall_time_s": time.time() - start_time,
                    "SPS": int(global_step / max(time.time() - start_time, 1e-9)), "eval_returns": eval_returns}, f)
+    videos = f", videos in {os.path.join('videos', run_name)}/" if args.capture_video else ""
+    print(f"done: outputs in {run_dir}/ (TensorBoard: tensorboard --logdir {os.path.dirname(run_dir)}){videos}", flush=True)
     if args.track:
         wandb.finish()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +25,26 @@ def run_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> subp
 
 def run_ok(script: str, *args: str, cwd: Path) -> Path:
     """Run a script that must succeed; return its single run directory under `cwd/runs`."""
+    return run_ok_output(script, *args, cwd=cwd)[0]
+
+
+def run_ok_output(script: str, *args: str, cwd: Path) -> tuple[Path, str]:
+    """`run_ok`, and what the script printed."""
     result = run_script(script, *args, cwd=cwd)
     assert result.returncode == 0, f"{script} {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     run_dirs = sorted((cwd / "runs").iterdir())
     assert len(run_dirs) == 1, run_dirs
-    return run_dirs[0]
+    return run_dirs[0], result.stdout
+
+
+def assert_progress_and_outputs(stdout: str, run_dir: Path, videos: bool):
+    """Every progress line gives the percent done, the elapsed time and the ETA; the last line says where the outputs are."""
+    progress = [line for line in stdout.splitlines() if line.startswith("step ")]
+    assert progress and all(re.search(r"\(\s*\d+%\)  elapsed \d+:\d\d:\d\d  ETA \d+:\d\d:\d\d  SPS", line) for line in progress), progress
+    assert "(100%)" in progress[-1] and "ETA 0:00:00" in progress[-1]
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith(f"done: outputs in runs/{run_dir.name}/"), last
+    assert (f"videos in videos/{run_dir.name}/" in last) == videos, last
 
 
 def run_fails(script: str, *args: str, cwd: Path) -> str:

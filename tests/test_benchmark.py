@@ -397,3 +397,22 @@ def test_quick_profile_end_to_end_with_report(workdir):
     # resume: the same command again runs nothing
     again = bench("--quick", "--dry-run", *TINY_PPO, cwd=workdir)
     assert commands(again) == [] and again.stdout.count("# skip (finished):") == 8
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the three scripts, side by side
+ALGORITHM_SPECIFIC_HELP = {"activation", "hadamard", "anneal_lr", "batch_size", "compile", "end_e", "metrics_batch_size", "update_epochs"}
+
+
+def test_shared_flags_have_the_same_help_in_every_script():
+    """A flag the scripts share reads the same in each `--help` (its Args docstring), unless what it does differs by algorithm."""
+    docs = {}
+    for script in ("ppo_atari_hadamard.py", "dqn_atari_hadamard.py", "pqn_atari_hadamard.py"):
+        source = (ROOT / script).read_text()
+        block = source[source.index("class Args:") : source.index("\n\n\n", source.index("class Args:"))]
+        docs[script] = dict(re.findall(r'^    (\w+): [^\n]*\n    """(.*?)"""', block, re.M))
+    shared = {name for fields in docs.values() for name in fields if sum(name in other for other in docs.values()) > 1}
+    assert {"seed", "env_id", "fire_on_life_loss", "metrics_interval", "total_timesteps"} <= shared
+    for name in sorted(shared - ALGORITHM_SPECIFIC_HELP):
+        helps = {script: fields[name] for script, fields in docs.items() if name in fields}
+        assert len(set(helps.values())) == 1, (name, helps)

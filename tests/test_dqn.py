@@ -10,8 +10,8 @@ import torch
 
 import common_metrics
 import dqn_atari_hadamard as dqn
-from conftest import (assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run, read_config,
-                      read_scalars, run_fails, run_ok, run_script)
+from conftest import (assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run,
+                      assert_progress_and_outputs, read_config, read_scalars, run_fails, run_ok, run_ok_output, run_script)
 
 SCRIPT = "dqn_atari_hadamard.py"
 TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--buffer-size", "500", "--train-frequency", "4",
@@ -296,7 +296,8 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
 
 def test_save_load_evaluate_round_trip(workdir):
     (workdir / "a").mkdir()
-    run_dir = run_ok(SCRIPT, *TINY, "--seed", "7", "--save-model", "--eval-episodes", "1", cwd=workdir / "a")
+    run_dir, stdout = run_ok_output(SCRIPT, *TINY, "--seed", "7", "--save-model", "--eval-episodes", "1", cwd=workdir / "a")
+    assert_progress_and_outputs(stdout, run_dir, videos=False)
     model = run_dir / "dqn_atari_hadamard.pt"
     checkpoint = torch.load(model, weights_only=True)
     assert checkpoint["algorithm"] == "dqn" and checkpoint["num_actions"] == 4
@@ -305,6 +306,8 @@ def test_save_load_evaluate_round_trip(workdir):
 
     eval_dir = workdir / "eval"
     eval_dir.mkdir()
+    message = run_fails(SCRIPT, "--eval-model", str(model), "--env-id", "PongNoFrameskip-v4", cwd=eval_dir)
+    assert "trained on BreakoutNoFrameskip-v4, not PongNoFrameskip-v4" in message
     evaluated = run_ok(SCRIPT, "--eval-model", str(model), "--eval-episodes", "1", "--seed", "7", cwd=eval_dir)
     assert json.loads((evaluated / "done.json").read_text())["eval_returns"] == trained
     assert read_scalars(evaluated)["eval/episodic_return"][0][1] == trained[0]
@@ -329,6 +332,8 @@ def test_bad_model_files_are_one_line_errors(workdir):
         (["--num-envs", "0"], "--num-envs must be positive"),
         (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
         (["--hadamard", "--param-matched"], "one or the other"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+        (["--gamma", "-0.1"], "--gamma must be in [0, 1]"),
     ],
 )
 def test_bad_flags_are_one_line_errors(workdir, flags, message):

@@ -11,8 +11,8 @@ import torch
 
 import common_metrics
 import ppo_atari_hadamard as ppo
-from conftest import (ROOT, assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run, read_config,
-                      read_scalars, run_fails, run_ok, run_script)
+from conftest import (ROOT, assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run,
+                      assert_progress_and_outputs, read_config, read_scalars, run_fails, run_ok, run_ok_output, run_script)
 
 SCRIPT = "ppo_atari_hadamard.py"
 TINY = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--num-minibatches", "2",
@@ -194,7 +194,8 @@ def test_advantage_normalisation_uses_the_unbiased_std_over_valid_steps():
 
 
 def test_save_load_evaluate_round_trip(workdir):
-    run_dir = run_ok(SCRIPT, *TINY, "--save-model", "--eval-episodes", "1", "--capture-video", cwd=workdir)
+    run_dir, stdout = run_ok_output(SCRIPT, *TINY, "--save-model", "--eval-episodes", "1", "--capture-video", cwd=workdir)
+    assert_progress_and_outputs(stdout, run_dir, videos=True)
     assert len(list((workdir / "videos" / run_dir.name).glob("*.mp4"))) == 1, "one video per evaluation game"
     model = run_dir / "ppo_atari_hadamard.pt"
     trained = json.loads((run_dir / "done.json").read_text())["eval_returns"]
@@ -202,6 +203,8 @@ def test_save_load_evaluate_round_trip(workdir):
 
     eval_dir = workdir / "eval"
     eval_dir.mkdir()
+    message = run_fails(SCRIPT, "--eval-model", str(model), "--env-id", "PongNoFrameskip-v4", cwd=eval_dir)
+    assert "trained on BreakoutNoFrameskip-v4, not PongNoFrameskip-v4" in message
     evaluated = run_ok(SCRIPT, "--eval-model", str(model), "--eval-episodes", "1", cwd=eval_dir)
     assert json.loads((evaluated / "done.json").read_text())["eval_returns"] == trained
     assert read_scalars(evaluated)["eval/episodic_return"][0][1] == trained[0]
@@ -223,6 +226,11 @@ def test_bad_model_files_are_one_line_errors(workdir):
         (["--hadamard", "--param-matched"], "one or the other"),
         (["--metrics-interval", "-1"], "--metrics-interval must be zero or positive"),
         (["--num-envs", "8", "--num-steps", "128", "--total-timesteps", "100"], "less than one batch"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+        (["--ent-coef", "inf"], "--ent-coef must be a finite number"),
+        (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+        (["--clip-coef", "0"], "--clip-coef must be positive"),
+        (["--vf-coef", "-1"], "--vf-coef must be zero or positive"),
     ],
 )
 def test_bad_flags_are_one_line_errors(workdir, flags, message):

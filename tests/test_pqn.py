@@ -9,8 +9,8 @@ import torch
 
 import common_metrics
 import pqn_atari_hadamard as pqn
-from conftest import (assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run, read_config,
-                      read_scalars, run_fails, run_ok, run_script)
+from conftest import (assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run,
+                      assert_progress_and_outputs, read_config, read_scalars, run_fails, run_ok, run_ok_output, run_script)
 
 SCRIPT = "pqn_atari_hadamard.py"
 TINY = ("--num-envs", "2", "--num-steps", "16", "--total-timesteps", "128", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32")
@@ -89,7 +89,7 @@ def test_network_variants(hadamard, scope):
     net = pqn.QNetwork(4, "tanh", hadamard, scope)
     obs = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
     assert net(obs).shape == (5, 4)
-    layers = net.probe_layers()
+    layers = net.hidden_layers()
     assert list(layers) == list(LAYERS)
     assert common_metrics.is_hadamard(layers["fc"]) == hadamard
     for conv in ("conv1", "conv2", "conv3"):
@@ -110,7 +110,7 @@ def test_network_variants(hadamard, scope):
 
 @pytest.mark.parametrize("scope", ["representation", "all"])
 def test_param_matched_width_matches_the_hr_count(scope):
-    width = pqn.param_matched_width(4, "tanh", scope)
+    width = pqn.representation_width(True, 4, "tanh", scope)
     with torch.device("meta"):
         hr = pqn.num_parameters(pqn.QNetwork(4, "tanh", True, scope))
         plain = pqn.num_parameters(pqn.QNetwork(4, "tanh", False, scope, width))
@@ -234,7 +234,9 @@ def test_hadamard_scope_all_and_param_matched(workdir):
 
 
 def test_tanh_hr_save_video_and_eval_model(workdir):
-    run_dir = run_ok(SCRIPT, *TINY, "--hadamard", "--save-model", "--capture-video", "--eval-episodes", "1", "--eval-epsilon", "1", "--run-name", "hr", cwd=subdir(workdir, "train"))
+    run_dir, stdout = run_ok_output(SCRIPT, *TINY, "--hadamard", "--save-model", "--capture-video", "--eval-episodes", "1", "--eval-epsilon", "1",
+                                    "--run-name", "hr", cwd=subdir(workdir, "train"))
+    assert_progress_and_outputs(stdout, run_dir, videos=True)
     scalars = check_run(run_dir, hr_layers=("fc",))
     assert "eval/episodic_return" in scalars
     assert read_config(run_dir)["variant"] == "tanh_hr"
@@ -242,7 +244,9 @@ def test_tanh_hr_save_video_and_eval_model(workdir):
     model = run_dir / "pqn_atari_hadamard.pt"
     saved = torch.load(model, weights_only=True)
     assert saved["algorithm"] == "pqn" and saved["args"]["hadamard"]
-    eval_dir = run_ok(SCRIPT, "--eval-model", str(model), "--eval-episodes", "1", "--eval-epsilon", "1", cwd=subdir(workdir, "eval"))
+    message = run_fails(SCRIPT, "--eval-model", str(model), "--env-id", "PongNoFrameskip-v4", cwd=subdir(workdir, "eval"))
+    assert "trained on BreakoutNoFrameskip-v4, not PongNoFrameskip-v4" in message
+    eval_dir = run_ok(SCRIPT, "--eval-model", str(model), "--eval-episodes", "1", "--eval-epsilon", "1", cwd=workdir / "eval")
     assert len(read_scalars(eval_dir)["eval/episodic_return"]) == 1
     assert read_config(eval_dir)["variant"] == "tanh_hr"
 
@@ -277,6 +281,9 @@ def test_speed_benchmark_figures_are_consistent(workdir):
         (("--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"), "does not divide"),
         (("--hadamard", "--param-matched"), "param-matched"),
         (("--metrics-interval", "-1"), "metrics-interval"),
+        (("--learning-rate", "nan"), "--learning-rate must be a finite number"),
+        (("--max-grad-norm", "inf"), "--max-grad-norm must be a finite number"),
+        (("--q-lambda", "2"), "--q-lambda must be in [0, 1]"),
     ],
 )
 def test_bad_input_stops_with_one_line(workdir, args, message):
