@@ -30,8 +30,11 @@ Sweep (flag, or environment variable; lists are space or comma separated):
   --seeds LIST          SEEDS            seeds                               (default: 1 2 3)
   --num-seeds N                          seeds 1..N
   --total-timesteps N   TOTAL_TIMESTEPS  budget of every run                 (default: each script's own)
-  [--] FLAGS...         SCRIPT_ARGS      any other flag goes to every script as it is (e.g. --num-envs 16)
+  -- FLAGS...           SCRIPT_ARGS      flags after -- go to every script as they are (e.g. -- --num-envs 16)
                         PPO_ARGS, DQN_ARGS, PQN_ARGS  flags for that script only (after the others)
+                        What the sweep varies is not a script flag: --seed, --env-id, --hadamard, --activation,
+                        --param-matched and --run-name there are errors (use --seeds, --games, --variants).
+                        Any other option before -- is an error: a typo never launches a sweep.
   --quick                                quick profile: ppo on Breakout, seeds 1 2, the four variants,
                                          50k steps, metrics every 5k steps, 2 jobs (flags still override)
 Local mode:
@@ -112,6 +115,26 @@ fi
 # Options: flags > environment variables > --quick profile > defaults.
 split_list() { tr ',' ' ' <<<"$1"; }
 need_value() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
+OPTIONS=(--help --scripts --variants --games --seeds --num-seeds --total-timesteps --jobs --threads --quick --dry-run --slurm
+         --slurm-time --slurm-cpus --slurm-mem --slurm-parallel --sbatch-args --report --report-only --out)
+close_match() {  # "; did you mean --seeds?" for --seed, or nothing
+    local match
+    match="$(python3 -c 'import difflib, sys; print(*difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1, 0.6))' "$1" "${OPTIONS[@]}" 2>/dev/null)" || true
+    [[ -z "$match" ]] || echo "; did you mean $match?"
+}
+check_script_flags() {  # $1: where the flags come from; the rest: the flags. What the sweep varies is not a script flag.
+    local where="$1" word
+    shift
+    for word in "$@"; do
+        case "${word%%=*}" in
+            --seed) die "$where sets --seed, which the sweep varies: use benchmark.sh --seeds" ;;
+            --env-id) die "$where sets --env-id, which the sweep varies: use benchmark.sh --games" ;;
+            --hadamard|--no-hadamard|--activation|--param-matched|--no-param-matched)
+                die "$where sets ${word%%=*}, which the sweep varies: use benchmark.sh --variants" ;;
+            --run-name) die "$where sets --run-name, which the sweep sets for each run" ;;
+        esac
+    done
+}
 
 opt_scripts="" opt_variants="" opt_games="" opt_seeds="" opt_jobs="" opt_threads="" opt_steps=""
 quick=0 dry_run=0 slurm=0 report=0 report_only=0
@@ -142,7 +165,8 @@ while [[ $# -gt 0 ]]; do
         --report-only) report_only=1; shift ;;
         --out) need_value "$@"; report_dir="$2"; shift 2 ;;
         --) shift; passthrough+=("$@"); break ;;
-        *) passthrough+=("$1"); shift ;;
+        -*) die "unknown option $1$(close_match "$1") (flags for the training scripts go after --)" ;;
+        *) die "unexpected argument '$1' (flags for the training scripts go after --)" ;;
     esac
 done
 
@@ -174,6 +198,8 @@ jobs="${opt_jobs:-${JOBS:-$q_jobs}}"
 threads="${opt_threads:-${THREADS:-1}}"
 steps="${opt_steps:-${TOTAL_TIMESTEPS:-$q_steps}}"
 read -r -a env_args <<<"${SCRIPT_ARGS:-}"
+check_script_flags "SCRIPT_ARGS" "${env_args[@]+"${env_args[@]}"}"
+check_script_flags "a flag after --" "${passthrough[@]+"${passthrough[@]}"}"
 extra=("${q_args[@]+"${q_args[@]}"}" "${env_args[@]+"${env_args[@]}"}" "${passthrough[@]+"${passthrough[@]}"}")
 
 # Checks: bad input is one clear line, before anything is written.
@@ -220,6 +246,7 @@ for script in $scripts; do
     stem="$(basename "$path" .py)"
     own_var="$(tr '[:lower:]-' '[:upper:]_' <<<"${stem%%_*}")_ARGS"  # ppo_atari_hadamard -> PPO_ARGS
     read -r -a own_args <<<"${!own_var:-}"
+    check_script_flags "$own_var" "${own_args[@]+"${own_args[@]}"}"
     for game in $games; do
         id="$(env_id "$game")"
         for variant in $variants; do

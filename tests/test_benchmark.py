@@ -23,7 +23,7 @@ import plot_results
 BENCHMARK = ROOT / "benchmark.sh"
 VARIANT_FLAGS = {"relu": ["--activation", "relu"], "tanh": [], "tanh_hr": ["--hadamard"], "tanh_pm": ["--param-matched"]}
 # Tiny PPO settings: two iterations of 2 envs x 32 steps, a probe every iteration.
-TINY_PPO = ["--total-timesteps", "128", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2",
+TINY_PPO = ["--total-timesteps", "128", "--", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2",
             "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32"]
 
 # Stands in for python: records the run it was asked for and writes what a finished run writes.
@@ -87,6 +87,27 @@ def test_dry_run_prints_the_paper_comparison_and_runs_nothing(workdir):
     assert {n[1] for n in names} == {"ppo_atari_hadamard", "dqn_atari_hadamard", "pqn_atari_hadamard"}
     assert {n[3] for n in names} == {"1", "2", "3"} and len(names) == len(lines)
     assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--bogus"], {}, "unknown option --bogus"),
+        (["--seed", "7"], {}, "unknown option --seed; did you mean --seeds?"),
+        (["--game", "Pong"], {}, "did you mean --games?"),
+        (["Pong"], {}, "unexpected argument 'Pong'"),
+        (["--", "--seed", "3"], {}, "use benchmark.sh --seeds"),
+        (["--", "--env-id=PongNoFrameskip-v4"], {}, "use benchmark.sh --games"),
+        ([], {"SCRIPT_ARGS": "--hadamard"}, "SCRIPT_ARGS sets --hadamard, which the sweep varies: use benchmark.sh --variants"),
+        ([], {"PPO_ARGS": "--num-envs 4 --run-name mine"}, "PPO_ARGS sets --run-name"),
+    ],
+)
+def test_bad_options_stop_before_anything_runs(workdir, fake_python, args, env, message):
+    """A typo or a script flag that fights the sweep: one line, exit 2, nothing run and nothing written."""
+    result = bench(*args, cwd=workdir, PYTHON=fake_python, **env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[len('error: '):]}"] and message in result.stderr
+    assert sorted(path.name for path in workdir.iterdir()) == ["fake_python"], "nothing written"
 
 
 def test_flags_environment_and_passthrough(workdir):
