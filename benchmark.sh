@@ -237,10 +237,28 @@ for script in $scripts; do
     [[ -f "$(script_path "$script")" ]] || die "training script $(script_path "$script") not found"
 done
 for variant in $variants; do variant_flags "$variant" >/dev/null; done
+check_games() {  # each game must be one of ale-py's ROMs (checked where python3 imports ale_py; the scripts check again)
+    local bad
+    bad="$(python3 - "$@" 2>/dev/null <<'PY'
+import difflib, re, sys
+from ale_py.roms import get_all_rom_ids
+roms = {rom.replace("_", ""): rom for rom in get_all_rom_ids()}
+names = ["".join(part.capitalize() for part in rom.split("_")) for rom in roms.values()]
+for game in sys.argv[1:]:
+    match = re.fullmatch(r"(ALE/)?([A-Za-z0-9]+?)(NoFrameskip)?(-v[45])?", game)
+    if match is None or match.group(2).lower() not in roms:
+        close = difflib.get_close_matches(match.group(2) if match else game, names, 3, 0.5)
+        print(f"unknown game '{game}' (not an ale-py ROM)" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        break
+PY
+)" || return 0
+    [[ -z "$bad" ]] || die "$bad"
+}
+check_games $games
 
 # ---------------------------------------------------------------------------------------------------------
 # The task list: one line per run, "<run name>\t<command>", in a stable order.
-names=() commands=()
+names=() stems=() commands=()
 for script in $scripts; do
     path="$(script_path "$script")"
     stem="$(basename "$path" .py)"
@@ -256,27 +274,49 @@ for script in $scripts; do
                 cmd=("$PYTHON" "$path" --env-id "$id" --seed "$seed" "${vflags[@]+"${vflags[@]}"}" --run-name "$name"
                      "${extra[@]+"${extra[@]}"}" "${own_args[@]+"${own_args[@]}"}")
                 names+=("$name")
+                stems+=("$stem")
                 commands+=("OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads$(printf ' %q' "${cmd[@]}")")
             done
         done
     done
 done
 
-todo=() finished=0 interrupted=0 running=0
+todo=() todo_stems=() finished=0 interrupted=0 running=0
 for i in "${!names[@]}"; do
     if [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]]; then
         finished=$((finished + 1))
+    elif is_locked "${names[$i]}"; then
+        running=$((running + 1))
     else
-        if is_locked "${names[$i]}"; then
-            running=$((running + 1))
-        elif [[ -d "$RUNS_DIR/${names[$i]}" ]]; then
-            interrupted=$((interrupted + 1))
-        fi
+        [[ -d "$RUNS_DIR/${names[$i]}" ]] && interrupted=$((interrupted + 1))
         todo+=("$i")
+        todo_stems+=("${stems[$i]}")
     fi
 done
+
+estimate() {  # roughly how long the runs to do take, at the speed of the finished runs of the same script here
+    [[ ${#todo[@]} -gt 0 ]] || { echo "nothing to run"; return; }
+    [[ -n "$steps" ]] || { echo "duration unknown: give --total-timesteps to estimate it"; return; }
+    python3 - "$RUNS_DIR" "$jobs" "$steps" "$slurm" "${todo_stems[@]}" 2>/dev/null <<'PY' || echo "duration unknown"
+import glob, json, os, statistics, sys
+runs_dir, jobs, steps, slurm, stems = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5:]
+speeds = {}
+for path in glob.glob(os.path.join(runs_dir, "*", "done.json")):
+    done, parts = json.load(open(path)), os.path.basename(os.path.dirname(path)).split("__")
+    if len(parts) == 4 and done.get("global_step") and done.get("wall_time_s"):
+        speeds.setdefault(parts[1], []).append(done["global_step"] / done["wall_time_s"])
+missing = sorted(set(stems) - set(speeds))
+if missing:
+    print(f"duration unknown: no finished run of {', '.join(missing)} here to time")
+else:
+    hours = sum(steps / statistics.median(speeds[stem]) for stem in stems) / 3600
+    print(f"about {hours:.1f} h of runs in all" + ("" if slurm else f", {hours / jobs:.1f} h at {jobs} at once") +
+          " (at the median speed of the finished runs here)")
+PY
+}
 echo "# sweep: ${#names[@]} runs ($scripts x $variants x $games x seeds $seeds): ${#todo[@]} to run" \
-     "($interrupted interrupted: restarted from scratch; $running running in another sweep: left alone), $finished finished (skipped)"
+     "($interrupted of them interrupted: restarted from scratch), $running running in another sweep (left alone)," \
+     "$finished finished (skipped); $(estimate)"
 
 if [[ $dry_run -eq 1 && $slurm -eq 0 ]]; then
     for i in "${!names[@]}"; do
@@ -355,7 +395,7 @@ if [[ ${#todo[@]} -gt 0 ]]; then
         if is_locked "${names[$i]}"; then elsewhere=$((elsewhere + 1)); else failed=$((failed + 1)); fi
     done
     echo "# sweep: $(( ${#todo[@]} - failed - elsewhere )) of ${#todo[@]} runs finished now, $finished before;" \
-         "$elsewhere running in another sweep; $failed failed (logs: $RUNS_DIR/<run name>/train.log; run the same command again to retry them)"
+         "$((running + elsewhere)) running in another sweep; $failed failed (logs: $RUNS_DIR/<run name>/train.log; run the same command again to retry them)"
     [[ $failed -eq 0 ]] || status=1
 fi
 if [[ $report -eq 1 ]]; then

@@ -100,6 +100,8 @@ def test_dry_run_prints_the_paper_comparison_and_runs_nothing(workdir):
         (["--", "--env-id=PongNoFrameskip-v4"], {}, "use benchmark.sh --games"),
         ([], {"SCRIPT_ARGS": "--hadamard"}, "SCRIPT_ARGS sets --hadamard, which the sweep varies: use benchmark.sh --variants"),
         ([], {"PPO_ARGS": "--num-envs 4 --run-name mine"}, "PPO_ARGS sets --run-name"),
+        (["--games", "Breakout,Foo"], {}, "unknown game 'Foo' (not an ale-py ROM)"),
+        (["--games", "Breakot"], {}, "unknown game 'Breakot' (not an ale-py ROM); did you mean Breakout"),
     ],
 )
 def test_bad_options_stop_before_anything_runs(workdir, fake_python, args, env, message):
@@ -108,6 +110,19 @@ def test_bad_options_stop_before_anything_runs(workdir, fake_python, args, env, 
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[len('error: '):]}"] and message in result.stderr
     assert sorted(path.name for path in workdir.iterdir()) == ["fake_python"], "nothing written"
+
+
+def test_dry_run_estimates_the_duration_from_finished_runs(workdir):
+    """At the speed of the finished runs of the same script here (done.json: steps and wall time), or says it cannot."""
+    done = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__9"
+    done.mkdir(parents=True)
+    (done / "done.json").write_text(json.dumps({"global_step": 1000, "wall_time_s": 10.0}))  # 100 steps per second
+    sweep = ["--dry-run", "--games", "Breakout", "--variants", "tanh", "--seeds", "1,2", "--total-timesteps", "36000", "--jobs", "2"]
+    header = bench("--scripts", "ppo", *sweep, cwd=workdir).stdout.splitlines()[0]
+    assert header.endswith("2 to run (0 of them interrupted: restarted from scratch), 0 running in another sweep (left alone), "
+                           "0 finished (skipped); about 0.2 h of runs in all, 0.1 h at 2 at once (at the median speed of the finished runs here)")
+    header = bench("--scripts", "ppo,dqn", *sweep, cwd=workdir).stdout.splitlines()[0]
+    assert header.endswith("duration unknown: no finished run of dqn_atari_hadamard here to time")
 
 
 def test_flags_environment_and_passthrough(workdir):
@@ -170,7 +185,8 @@ def test_resume_skips_finished_runs_and_restarts_interrupted_ones(workdir, fake_
     # the same command again: every run finished, nothing runs
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0 and len(calls(workdir)) == 4, result.stdout
-    assert "0 to run (0 interrupted: restarted from scratch; 0 running in another sweep: left alone), 4 finished" in result.stdout
+    assert ("0 to run (0 of them interrupted: restarted from scratch), 0 running in another sweep (left alone), 4 finished (skipped);"
+            " nothing to run") in result.stdout
 
     # an interrupted run (no done.json) is removed and runs again from scratch
     interrupted = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh_hr__2"
@@ -198,7 +214,7 @@ def test_a_run_going_on_in_another_sweep_is_left_alone(workdir, fake_python):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the other sweep's run task holds it
         result = bench("--scripts", "ppo", "--games", "Pong", "--variants", "tanh", "--seeds", "1,2", cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0, result.stderr
-    assert f"skip {name} (running in another sweep)" in result.stdout and "1 running in another sweep; 0 failed" in result.stdout
+    assert "1 running in another sweep (left alone)" in result.stdout and "1 running in another sweep; 0 failed" in result.stdout
     assert calls(workdir) == ["PongNoFrameskip-v4__ppo_atari_hadamard__tanh__2"]
     assert (running / "train.log").read_text() == "still training"
 
