@@ -125,9 +125,11 @@ def read_scalars(run_dir: Path) -> dict:
     return curves
 
 
-def load_runs(runs_dir: Path) -> list[Run]:
-    """The runs under `runs_dir` (one folder each, as the training scripts write them). A folder that is no
-    usable run is one warning line and left out; no usable run at all is an error."""
+def load_runs(runs_dir: Path) -> tuple[list[Run], list[Run]]:
+    """The finished training runs under `runs_dir` (one folder each, as the training scripts write them), and the
+    unfinished ones (no `done.json`), which the report lists apart. An evaluation-only run (`--eval-model`) is
+    no seed and is left out; a folder that is no usable run is one warning line and left out. No finished run,
+    or two finished runs of one algorithm, variant, game and seed, is an error."""
     if not runs_dir.is_dir():
         fail(f"runs folder {runs_dir}/ not found: run benchmark.sh (or a training script) first")
     folders = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
@@ -145,6 +147,9 @@ def load_runs(runs_dir: Path) -> list[Run]:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             warn(f"{folder}: config.json is not valid JSON ({exc}): left out")
             continue
+        if config.get("eval_only"):
+            warn(f"{folder}: an evaluation-only run (--eval-model), not a training run: left out")
+            continue
         if not any(folder.glob("events.out.tfevents.*")):
             warn(f"{folder}: no TensorBoard events, the run failed or never started: left out")
             continue
@@ -158,7 +163,17 @@ def load_runs(runs_dir: Path) -> list[Run]:
                         str(config.get("env_id", "?")), int(config.get("seed", 0)), (folder / "done.json").is_file(), curves))
     if not runs:
         fail(f"no run in {runs_dir}/ has TensorBoard events to report (see the warnings above)")
-    return runs
+    finished = [r for r in runs if r.finished]
+    if not finished:
+        fail(f"no run in {runs_dir}/ has finished (done.json): {len(runs)} unfinished; report again when one has")
+    seen = {}
+    for run in finished:
+        key = (run.algorithm, run.variant, run.game, run.seed)
+        if key in seen:
+            fail(f"{runs_dir / seen[key]} and {runs_dir / run.name} are both {run.algorithm} {run.variant} on {run.game} with seed "
+                 f"{run.seed}: move one out of {runs_dir}/ so that each seed counts once")
+        seen[key] = run.name
+    return finished, [r for r in runs if not r.finished]
 
 
 def ordered(values, order=()) -> list:
@@ -374,7 +389,7 @@ def plot_aggregates(aggregates: dict, path: Path, colors: dict):
 
 
 # ----------------------------------------------------------------------------------------------------------
-def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: int, seed: int) -> str:
+def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: int, seed: int, unfinished: list[Run] = ()) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,14 +397,13 @@ def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: 
     library, method = bootstrap_method()
     colors = variant_colors(ordered(r.variant for r in runs))
     algorithms = ordered((r.algorithm for r in runs), ["dqn", "ppo", "pqn"])
-    unfinished = [r.name for r in runs if not r.finished]
     no_games = [r.name for r in runs if not len(r.returns)]
 
     lines = [
         "# Results",
         "",
-        f"{len(runs)} runs from `{runs_dir}/`, written {time.strftime('%Y-%m-%d %H:%M')} by `plot_results.py`."
-        + (f" {len(unfinished)} of them have not finished (no `done.json`): their last logged values are used." if unfinished else ""),
+        f"{len(runs)} finished runs from `{runs_dir}/`, written {time.strftime('%Y-%m-%d %H:%M')} by `plot_results.py`."
+        + (f" {len(unfinished)} unfinished runs (no `done.json`) are listed at the end, in no table or plot." if unfinished else ""),
         "",
         f"- **return**: each run's mean raw game score over its last {window} finished games (`{RETURN_TAG}`), "
         "then mean ± standard deviation over seeds.",
@@ -454,13 +468,20 @@ def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: 
     if no_games:
         lines += ["## Notes", "", f"{len(no_games)} of {len(runs)} runs finished no game (budget too small for a whole game): "
                   "their return is n/a, left out of the means and aggregates; their metric curves are still plotted.", ""]
+    if unfinished:
+        lines += ["## Unfinished runs", "", "Not in any table or plot above (no `done.json`: running, interrupted or failed):", "",
+                  "| run | algorithm | variant | game | seed | last step logged |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r.name} | {r.algorithm} | {r.variant} | {r.game} | {r.seed} | {r.last_step:,} |" for r in unfinished]
+        lines.append("")
     (out / "results.md").write_text("\n".join(lines))
 
     header = "run,algorithm,variant,game,seed,finished,steps,games,final_return,hns,dead_fraction,srank"
     body = [",".join("" if isinstance(v, float) and not np.isfinite(v) else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row)
             for row in csv_rows]
     (out / "results.csv").write_text("\n".join([header, *body]) + "\n")
-    summary = f"report: {len(runs)} runs -> {out}/results.md, results.csv and {3 * len(algorithms) + 1} plots"
+    summary = f"report: {len(runs)} finished runs -> {out}/results.md, results.csv and {3 * len(algorithms) + 1} plots"
+    if unfinished:
+        summary += f" ({len(unfinished)} unfinished runs listed apart)"
     if no_games:
         summary += f" ({len(no_games)} runs finished no game yet: their return is n/a)"
     return summary
@@ -476,8 +497,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.window <= 0 or args.reps <= 0:
         fail("--window and --reps must be positive")
-    runs = load_runs(Path(args.runs_dir))
-    print(write_report(runs, Path(args.runs_dir), Path(args.out), args.window, args.reps, args.seed))
+    runs, unfinished = load_runs(Path(args.runs_dir))
+    print(write_report(runs, Path(args.runs_dir), Path(args.out), args.window, args.reps, args.seed, unfinished))
 
 
 if __name__ == "__main__":

@@ -555,7 +555,8 @@ if __name__ == "__main__":
     run_dir = os.path.join("runs", run_name)
     os.makedirs(run_dir, exist_ok=True)
     config = {**asdict(args), "algorithm": "ppo", "variant": variant, "num_parameters": num_parameters,
-              "representation_width": agent.actor.in_features, "run_name": run_name, "device": str(device)}
+              "representation_width": agent.actor.in_features, "run_name": run_name, "device": str(device),
+              "eval_only": checkpoint is not None}
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     if args.track:

@@ -514,7 +514,8 @@ if __name__ == "__main__":
     run_dir = os.path.join("runs", run_name)
     os.makedirs(run_dir, exist_ok=True)
     config = {**asdict(args), "algorithm": ALGORITHM, "variant": variant, "num_parameters": n_params,
-              "representation_width": q_network.q.in_features, "run_name": run_name, "device": str(device)}
+              "representation_width": q_network.q.in_features, "run_name": run_name, "device": str(device),
+              "eval_only": checkpoint is not None}
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     if args.track:

@@ -366,13 +366,46 @@ def test_bootstrap_intervals_contain_the_point_estimates():
 def test_report_without_finished_games_still_plots(workdir, capsys):
     runs = workdir / "runs"
     for variant in ["relu", "tanh"]:
-        make_run(runs, "dqn", variant, "BreakoutNoFrameskip-v4", 1, returns=(), done=False)
+        make_run(runs, "dqn", variant, "BreakoutNoFrameskip-v4", 1, returns=())
     markdown, _ = report(runs, workdir / "out", capsys)
     assert "n/a (no finished game yet)" in row(markdown, "Breakout", "tanh")[4]
     assert row(markdown, "Breakout", "tanh")[6] == "0.200"
-    assert "no finished game yet on Breakout" in markdown and "have not finished" in markdown
+    assert "no finished game yet on Breakout" in markdown
     for name in ["dqn_return.png", "dqn_dead_fraction.png", "dqn_srank.png", "aggregate_iqm.png"]:
         assert (workdir / "out" / name).exists()
+
+
+def test_report_counts_finished_training_runs_only(workdir, capsys):
+    """Evaluation-only runs are never seeds, unfinished runs are listed apart, two runs of one seed are an error."""
+    runs = workdir / "runs"
+    make_run(runs, "ppo", "tanh", "BreakoutNoFrameskip-v4", 1, [4.0])
+    make_run(runs, "ppo", "tanh", "BreakoutNoFrameskip-v4", 2, [100.0], done=False)
+    evaluation = make_run(runs, "ppo", "tanh", "BreakoutNoFrameskip-v4", 3, [200.0])
+    config = json.loads((evaluation / "config.json").read_text())
+    (evaluation / "config.json").write_text(json.dumps({**config, "eval_only": True}))
+    markdown, err = report(runs, workdir / "out", capsys)
+    assert row(markdown, "Breakout", "tanh")[2:5] == ["1", "1,000", "4.0"]
+    assert f"warning: {evaluation}: an evaluation-only run" in err
+    assert "## Unfinished runs" in markdown and "| BreakoutNoFrameskip-v4__ppo__tanh__2 | ppo | tanh | Breakout | 2 | 1,000 |" in markdown
+
+    twin = runs / "BreakoutNoFrameskip-v4__ppo__tanh__1__again"
+    shutil.copytree(runs / "BreakoutNoFrameskip-v4__ppo__tanh__1", twin)
+    result = run_report(workdir, runs)
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "BreakoutNoFrameskip-v4__ppo__tanh__1 and" in result.stderr and f"{twin.name} are both ppo tanh on Breakout with seed 1" in result.stderr
+
+
+def test_eval_only_runs_are_marked_in_config(workdir):
+    """A training run's config.json says eval_only false, an --eval-model run's true (the report leaves those out)."""
+    from conftest import read_config, run_ok
+
+    tiny = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "64", "--num-minibatches", "2", "--update-epochs", "1",
+            "--metrics-interval", "0", "--save-model", "--eval-episodes", "1"]
+    trained = run_ok("ppo_atari_hadamard.py", *tiny, cwd=workdir)
+    assert read_config(trained)["eval_only"] is False
+    (workdir / "eval").mkdir()
+    evaluated = run_ok("ppo_atari_hadamard.py", "--eval-model", str(trained / "ppo_atari_hadamard.pt"), "--eval-episodes", "1", cwd=workdir / "eval")
+    assert read_config(evaluated)["eval_only"] is True
 
 
 def run_report(workdir: Path, runs_dir: Path) -> subprocess.CompletedProcess:
