@@ -292,11 +292,10 @@ def run_curve(run: Run, tag: str, window: int) -> tuple[np.ndarray, np.ndarray]:
     return steps, values
 
 
-def band(curves: list, max_points: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def band(curves: list, max_points: int = 400, reps: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean over runs on the union of their steps (each run interpolated within its own range only) and a 95%
-    confidence band (Student t over the runs present at each step; none where only one run is)."""
-    import scipy.stats
-
+    percentile-bootstrap confidence interval of that mean over the runs (as rliable; none where only one run is).
+    A bootstrap mean lies within the runs' own range, so a band of scores never goes below the lowest run."""
     grid = np.unique(np.concatenate([steps for steps, _ in curves]))
     if len(grid) > max_points:
         grid = np.unique(np.concatenate([grid[np.linspace(0, len(grid) - 1, max_points).astype(int)]]))
@@ -308,17 +307,36 @@ def band(curves: list, max_points: int = 400) -> tuple[np.ndarray, np.ndarray, n
     keep = count > 0
     grid, stacked, count = grid[keep], stacked[:, keep], count[keep]
     mean = np.nanmean(stacked, axis=0)
-    half = np.full(len(grid), np.nan)
+    low, high = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
     several = count > 1
     if several.any():
-        std = np.nanstd(stacked[:, several], axis=0, ddof=1)
-        half[several] = scipy.stats.t.ppf(0.975, count[several] - 1) * std / np.sqrt(count[several])
-    return grid, mean, mean - half, mean + half
+        # resample the runs with replacement; where some runs have ended, among the present ones only
+        rng = np.random.default_rng(0)
+        present = stacked[:, several]
+        order = np.argsort(~np.isfinite(present), axis=0, kind="stable")  # the present runs first in each column
+        present = np.take_along_axis(present, order, axis=0)
+        picks = (rng.random((reps, len(curves), 1)) * count[several]).astype(int)  # reps x draws x columns, each below its count
+        samples = np.take_along_axis(np.broadcast_to(present, (reps, *present.shape)), picks, axis=1)
+        weights = np.arange(len(curves))[None, :, None] < count[several][None, None, :]  # draw count[column] of them
+        means = (np.where(weights, samples, 0.0).sum(axis=1)) / count[several]
+        low[several], high[several] = np.percentile(means, [2.5, 97.5], axis=0)
+    return grid, mean, low, high
+
+
+MARKERS = "osD^v<>p"  # one per variant, so that points of several variants on one step stay visible
+
+
+def steps_label(x: float, _=None) -> str:
+    """An environment-step tick: 0, 500, 250k, 1.5M (an empty panel's 0.2 stays 0.2, not 200m)."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
 
 
 def plot_curves(runs: list[Run], tag: str, label: str, title: str, path: Path, window: int, colors: dict):
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter
+    from matplotlib.ticker import FuncFormatter
 
     games = ordered(r.game for r in runs)
     variants = ordered((r.variant for r in runs), VARIANT_ORDER)
@@ -337,7 +355,8 @@ def plot_curves(runs: list[Run], tag: str, label: str, title: str, path: Path, w
             if "fraction" in tag:
                 low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
             few = len(grid) < 20
-            (line,) = ax.plot(grid, mean, color=colors[variant], marker="o" if few else None, markersize=3,
+            marker = MARKERS[variants.index(variant) % len(MARKERS)] if few else None
+            (line,) = ax.plot(grid, mean, color=colors[variant], marker=marker, markersize=6, markerfacecolor="none",
                               label=f"{variant} ({len(curves)})")
             ax.fill_between(grid, low, high, color=colors[variant], alpha=0.2, linewidth=0)
             handles[variant] = line
@@ -347,7 +366,7 @@ def plot_curves(runs: list[Run], tag: str, label: str, title: str, path: Path, w
                     ha="center", va="center", transform=ax.transAxes, color="gray")
         ax.set_title(game)
         ax.set_xlabel("environment steps")
-        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 250k, 10M: full numbers run into each other
+        ax.xaxis.set_major_formatter(FuncFormatter(steps_label))  # 250k, 10M: full numbers run into each other
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(games):]:
@@ -378,7 +397,15 @@ def plot_aggregates(aggregates: dict, path: Path, colors: dict):
             ax.plot([point, point], [row - 0.3, row + 0.3], color="black", linewidth=1.5)
         ax.set_yticks(range(len(keys)))
         ax.set_yticklabels([f"{a} {v}" for a, v in keys] if col == 0 else [])
-        ax.set_ylim(-0.7, len(keys) - 0.3)
+        ax.set_ylim(-1.0, len(keys))  # a row's margin on both sides: no bar sits on the frame
+        ends = [agg.intervals[:, col] for agg in aggregates.values() if agg.points is not None]
+        if ends:  # and a margin left and right of the widest interval
+            low, high = min(e[0] for e in ends), max(e[1] for e in ends)
+            pad = 0.08 * (high - low) if high > low else 0.1
+            ax.set_xlim(low - pad, high + pad)
+        for row in range(1, len(keys)):
+            if keys[row][0] != keys[row - 1][0]:  # a line between algorithms
+                ax.axhline(row - 0.5, color="gray", linewidth=0.8)
         ax.invert_yaxis()
         ax.set_xlabel("human-normalised score")
         ax.set_title(f"{name} (95% CI)")

@@ -486,3 +486,17 @@ def test_shared_flags_have_the_same_help_in_every_script():
     for name in sorted(shared - ALGORITHM_SPECIFIC_HELP):
         helps = {script: fields[name] for script, fields in docs.items() if name in fields}
         assert len(set(helps.values())) == 1, (name, helps)
+
+
+def test_curve_band_is_a_bootstrap_interval_within_the_runs():
+    """The band is a percentile bootstrap of the mean over seeds: inside the runs' range (a score band never
+    below the lowest run, here 0), around the mean, none where one run is left; steps read 250k, 1.5M."""
+    steps = np.arange(0, 1000, 100)
+    curves = [(steps, np.zeros(10)), (steps, np.ones(10)), (steps[:5], np.full(5, 5.0)), (steps[:3], np.full(3, 2.0))]
+    grid, mean, low, high = plot_results.band(curves)
+    np.testing.assert_allclose(mean, [2.0] * 3 + [2.0] * 2 + [0.5] * 5)
+    assert np.all(low >= 0.0) and np.all(low <= mean) and np.all(mean <= high) and np.all(high <= 5.0)
+    assert np.all(high[5:] <= 1.0)  # only the runs present at a step are drawn
+    single = plot_results.band([(steps, np.ones(10))])
+    assert np.isnan(single[2]).all() and np.isnan(single[3]).all()
+    assert [plot_results.steps_label(x) for x in (0, 0.2, 500, 250_000, 1_500_000, 10_000_000)] == ["0", "0.2", "500", "250k", "1.5M", "10M"]
