@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sweeps the training scripts over variants x games x seeds, locally (N jobs at once) or as a Slurm array
-# job, and writes the report (plot_results.py). Finished runs are skipped, so running the same command
+# job, and writes the report (sweep/plot_results.py). Finished runs are skipped, so running the same command
 # again resumes an interrupted sweep. `bash benchmark.sh --help` lists every flag.
 set -euo pipefail
 
@@ -43,14 +43,14 @@ Local mode:
   --dry-run                              print the commands, run nothing
 Slurm mode:
   --slurm                                write an sbatch array job (one task per unfinished run) from
-                                         slurm_template.sbatch to runs/_slurm/<time>/ and submit it
+                                         sweep/slurm_template.sbatch to runs/_slurm/<time>/ and submit it
   --slurm-time T        SBATCH_TIME      time limit per run                  (default: 48:00:00)
   --slurm-cpus N        SBATCH_CPUS      CPUs per run                        (default: 4)
   --slurm-mem M         SBATCH_MEM       memory per run                      (default: 16G)
   --slurm-parallel N    SBATCH_PARALLEL  runs at once (array throttle %N)    (default: no limit)
   --sbatch-args "ARGS"  SBATCH_EXTRA     more #SBATCH options, e.g. "--partition=gpu --gres=gpu:1"
 Report:
-  --report                               after the sweep, write the report (plot_results.py)
+  --report                               after the sweep, write the report (sweep/plot_results.py)
   --report-only                          only write the report from the runs there are
   --out DIR             REPORT_DIR       report folder                       (default: results)
 Python: PYTHON (default: python, i.e. the active virtual environment).
@@ -175,8 +175,8 @@ check_python() {
 }
 run_report() {
     check_python
-    echo "report: $PYTHON $HERE/plot_results.py --runs-dir $RUNS_DIR --out $report_dir"
-    "$PYTHON" "$HERE/plot_results.py" --runs-dir "$RUNS_DIR" --out "$report_dir"
+    echo "report: $PYTHON $HERE/sweep/plot_results.py --runs-dir $RUNS_DIR --out $report_dir"
+    "$PYTHON" "$HERE/sweep/plot_results.py" --runs-dir "$RUNS_DIR" --out "$report_dir"
 }
 if [[ $report_only -eq 1 ]]; then
     run_report
@@ -346,7 +346,7 @@ if [[ $slurm -eq 1 ]]; then
         [[ $report -eq 1 ]] && run_report
         exit 0
     fi
-    template="$HERE/slurm_template.sbatch"
+    template="$HERE/sweep/slurm_template.sbatch"
     [[ -f "$template" ]] || die "Slurm template $template not found"
     sweep_dir="$(pwd)/$RUNS_DIR/_slurm/$(date +%Y%m%d-%H%M%S)-$$"
     mkdir -p "$sweep_dir"

@@ -18,7 +18,8 @@ import pytest
 
 from conftest import ROOT, SCRIPT_ENV
 
-import plot_results
+sys.path.insert(0, str(ROOT / "sweep"))
+import plot_results  # noqa: E402
 
 BENCHMARK = ROOT / "benchmark.sh"
 VARIANT_FLAGS = {"relu": ["--activation", "relu"], "tanh": [], "tanh_hr": ["--hadamard"], "tanh_pm": ["--param-matched"]}
@@ -409,7 +410,7 @@ def test_eval_only_runs_are_marked_in_config(workdir):
 
 
 def run_report(workdir: Path, runs_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "plot_results.py"), "--runs-dir", str(runs_dir), "--out", str(workdir / "out")],
+    return subprocess.run([sys.executable, str(ROOT / "sweep" / "plot_results.py"), "--runs-dir", str(runs_dir), "--out", str(workdir / "out")],
                           cwd=workdir, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
 
 

@@ -245,7 +245,7 @@ def test_metrics_do_not_change_the_run(workdir):
 
     # bench_parity.py reads both runs back: the same score and games, the probe's metrics only where they were logged
     runs = [f"{name}={next((workdir / name / 'runs').iterdir())}" for name in ("on", "off")]
-    result = subprocess.run([sys.executable, str(ROOT / "bench_parity.py"), "--out", str(workdir / "parity"), *runs],
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_parity.py"), "--out", str(workdir / "parity"), *runs],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in result.stdout.splitlines()

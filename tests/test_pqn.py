@@ -260,7 +260,7 @@ def test_purejaxql_preset_runs(workdir):
 
 def test_speed_benchmark_figures_are_consistent(workdir):
     """bench_pqn.py measures the real script and its bounds; the bounds must order as their definitions say."""
-    result = run_script("bench_pqn.py", "--iterations", "2", "--presets", "cleanrl", "--variants", "tanh", "--metrics", "off",
+    result = run_script("benchmarks/bench_pqn.py", "--iterations", "2", "--presets", "cleanrl", "--variants", "tanh", "--metrics", "off",
                         "--no-cuda", "--output", "bench.json", cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads((workdir / "bench.json").read_text())["results"]

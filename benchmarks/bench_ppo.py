@@ -1,6 +1,6 @@
 """Speed of ppo_atari_hadamard.py at CleanRL's settings (8 envs x 128 steps, 4 epochs x 4 minibatches).
 
-Usage: python bench_ppo.py [--iterations 6] [--compile] [--reference path/to/cleanrl/ppo_atari.py]
+Usage: python benchmarks/bench_ppo.py [--iterations 6] [--compile] [--reference path/to/cleanrl/ppo_atari.py]
 
 Prints, for tanh and tanh + HR:
 - loop SPS: steady-state steps per second of the real training loop (a subprocess on Breakout; the
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-import common_metrics
-import ppo_atari_hadamard as ppo
-
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repo root, where the training scripts are
+sys.path.insert(0, str(ROOT))
+import common_metrics  # noqa: E402
+import ppo_atari_hadamard as ppo  # noqa: E402
 
 
 def steady_sps(run_root: Path) -> float:

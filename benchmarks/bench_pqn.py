@@ -14,7 +14,7 @@ For each preset (CleanRL's 8 envs x 128 steps, 4 epochs x 4 minibatches; purejax
   `serial / update-only` is the most such a loop can reach against the ceiling, `train / serial` how close it is.
 With `--compile` the script runs with `--compile` and the ceilings use the compiled `q_loss`. Every figure is the
 median of `--repeats` measurements (the machine is shared); the ratios are taken between medians.
-Usage: python bench_pqn.py [--iterations 4] [--repeats 3] [--presets cleanrl purejaxql] [--variants tanh tanh_hr] [--compile]
+Usage: python benchmarks/bench_pqn.py [--iterations 4] [--repeats 3] [--presets cleanrl purejaxql] [--variants tanh tanh_hr] [--compile]
 """
 
 import json
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import tyro
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repo root, where the training scripts are
 sys.path.insert(0, str(ROOT))
 import pqn_atari_hadamard as pqn  # noqa: E402
 

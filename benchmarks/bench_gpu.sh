@@ -3,9 +3,9 @@
 # on the GPU, since the scripts default to --cuda), then the speed benchmarks on the GPU, then a short PQN
 # learning run at the purejaxql preset. Each stage has its own time limit and its log in $OUT.
 # Usage: OUT=gpu_results [STAGES="smoke tests pqn ppo dqn learn"] [REFERENCE=path/to/cleanrl/ppo_atari.py]
-#        [LEARN_STEPS=1000000] bash bench_gpu.sh
+#        [LEARN_STEPS=1000000] bash benchmarks/bench_gpu.sh
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the repo root: the scripts, tests/ and benchmarks/
 OUT="${OUT:-gpu_results}"
 PYTHON="${PYTHON:-python3}"
 LEARN_STEPS="${LEARN_STEPS:-1000000}"
@@ -43,11 +43,11 @@ want smoke && { stage smoke 150 bash -c "set -e
 want tests && stage tests 240 "$PYTHON" -m pytest -q -n 16 -p no:cacheprovider tests/test_ppo.py tests/test_dqn.py tests/test_pqn.py \
     -k "not round_trip and not tracking"
 
-want pqn && stage pqn_purejaxql 150 "$PYTHON" bench_pqn.py --presets purejaxql --variants tanh tanh_hr --metrics off on --iterations 10
-want pqn && stage pqn_compile 120 "$PYTHON" bench_pqn.py --presets purejaxql --variants tanh_hr --metrics off --iterations 10 --compile
-want pqn && stage pqn_cleanrl 60 "$PYTHON" bench_pqn.py --presets cleanrl --variants tanh_hr --metrics off --iterations 8
-want ppo && stage ppo 120 "$PYTHON" bench_ppo.py --iterations 8 ${REFERENCE:+--reference "$REFERENCE"}
-want dqn && stage dqn 120 "$PYTHON" bench_dqn.py --skip-memory --steps 3000 --learning-starts 1000 --buffer-size 100000 --variants tanh,tanh_hr
+want pqn && stage pqn_purejaxql 150 "$PYTHON" benchmarks/bench_pqn.py --presets purejaxql --variants tanh tanh_hr --metrics off on --iterations 10
+want pqn && stage pqn_compile 120 "$PYTHON" benchmarks/bench_pqn.py --presets purejaxql --variants tanh_hr --metrics off --iterations 10 --compile
+want pqn && stage pqn_cleanrl 60 "$PYTHON" benchmarks/bench_pqn.py --presets cleanrl --variants tanh_hr --metrics off --iterations 8
+want ppo && stage ppo 120 "$PYTHON" benchmarks/bench_ppo.py --iterations 8 ${REFERENCE:+--reference "$REFERENCE"}
+want dqn && stage dqn 120 "$PYTHON" benchmarks/bench_dqn.py --skip-memory --steps 3000 --learning-starts 1000 --buffer-size 100000 --variants tanh,tanh_hr
 
 # A short learning run: PQN + HR at the purejaxql preset on Breakout; prints the return curve from its events.
 want learn || exit 0

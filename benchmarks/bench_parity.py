@@ -1,6 +1,6 @@
 """Learning curves side by side: runs of this project's scripts and of CleanRL's own scripts, from their TensorBoard events.
 
-Usage: python bench_parity.py --out parity [--max-step N] LABEL=RUN_DIR [LABEL=RUN_DIR ...]
+Usage: python benchmarks/bench_parity.py --out parity [--max-step N] LABEL=RUN_DIR [LABEL=RUN_DIR ...]
 
 Runs given the same LABEL are seeds of one configuration. For each configuration it prints a Markdown table row:
 the mean over seeds of each run's mean raw score over its last 100 games (each seed's value in brackets), the

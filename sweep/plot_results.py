@@ -2,7 +2,7 @@
 # account needed) and writes results.md (per game and variant: final return, human-normalised score, dead
 # fraction and srank; aggregate IQM and median human-normalised score with 95% stratified bootstrap
 # confidence intervals, after rliable), results.csv (one line per run) and PNG plots.
-# Usage: python plot_results.py [--runs-dir runs] [--out results]
+# Usage: python sweep/plot_results.py [--runs-dir runs] [--out results]
 import argparse
 import json
 import math

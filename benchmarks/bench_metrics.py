@@ -1,6 +1,6 @@
 """Cost of the representation metrics (common_metrics.probe) on a Nature-CNN-sized network, CPU.
 
-Usage: python bench_metrics.py
+Usage: python benchmarks/bench_metrics.py
 
 For the plain network (conv 32x8x8/4, 64x4x4/2, 64x3x3/1 with ReLU, then Linear(3136, 512) + tanh), its
 Hadamard variant (two Linear(3136, 512) + tanh branches multiplied) and the param-matched plain network (1023 tanh
@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-import common_metrics as cm
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, where common_metrics.py is
+import common_metrics as cm  # noqa: E402
 
 BATCH, REPEATS, WARMUP = 1024, 20, 3  # BATCH: the scripts' default --metrics-batch-size
 

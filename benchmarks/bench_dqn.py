@@ -1,6 +1,6 @@
 """Memory and speed of dqn_atari_hadamard.py at CleanRL's settings (1 env, buffer 1M, batch 32, train frequency 4).
 
-Usage: python bench_dqn.py [--steps 4000] [--learning-starts 2000] [--skip-memory] [--no-cleanrl] [--reference path/to/cleanrl/dqn_atari.py]
+Usage: python benchmarks/bench_dqn.py [--steps 4000] [--learning-starts 2000] [--skip-memory] [--no-cleanrl] [--reference path/to/cleanrl/dqn_atari.py]
 
 Prints:
 - memory: bytes per stored transition of the frame-deduplicated replay buffer, and the resident memory of
@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import common_metrics
-import dqn_atari_hadamard as dqn
-
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repo root, where the training scripts are
+sys.path.insert(0, str(ROOT))
+import common_metrics  # noqa: E402
+import dqn_atari_hadamard as dqn  # noqa: E402
 
 
 def rss_bytes() -> int:
