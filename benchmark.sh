@@ -7,7 +7,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
 PYTHON="${PYTHON:-python}"
-RUNS_DIR="runs"  # the training scripts write runs/<run_name>/ under the current directory
+RUNS_DIR="runs"  # the training scripts write runs/<run_name>/ under their working directory (--runs-dir moves it)
 
 die() { echo "error: $*" >&2; exit 2; }
 
@@ -53,6 +53,9 @@ Report:
   --report                               after the sweep, write the report (sweep/plot_results.py)
   --report-only                          only write the report from the runs there are
   --out DIR             REPORT_DIR       report folder                       (default: results)
+  --runs-dir DIR                         where the runs are written and read: a folder named runs (the scripts
+                                         write runs/<run name>/ in their working directory, so each runs in
+                                         its parent)                         (default: runs)
 Python: PYTHON (default: python, i.e. the active virtual environment).
 EOF
 }
@@ -89,7 +92,7 @@ run_task() {
     echo "[$index/$total] start $name"
     start=$SECONDS
     status=0
-    eval "$cmd" >"$run_dir/train.log" 2>&1 </dev/null 9>&- || status=$?  # the lock stays with this shell
+    (eval "$cmd") >"$run_dir/train.log" 2>&1 </dev/null 9>&- || status=$?  # the lock stays with this shell
     if [[ $status -eq 0 && -f "$run_dir/done.json" ]]; then
         echo "[$index/$total] done  $name ($((SECONDS - start)) s)"
         return 0
@@ -106,7 +109,8 @@ is_locked() {  # is run $1 going on in another sweep (its run task holds the loc
 }
 
 if [[ "${1:-}" == "--run-task" ]]; then
-    [[ $# -eq 3 ]] || die "usage: benchmark.sh --run-task TASK_LIST LINE"
+    [[ $# -eq 3 || $# -eq 4 ]] || die "usage: benchmark.sh --run-task TASK_LIST LINE [RUNS_DIR]"
+    RUNS_DIR="${4:-$RUNS_DIR}"
     run_task "$2" "$3"
     exit $?
 fi
@@ -116,7 +120,7 @@ fi
 split_list() { tr ',' ' ' <<<"$1"; }
 need_value() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
 OPTIONS=(--help --scripts --variants --games --seeds --num-seeds --total-timesteps --jobs --threads --quick --dry-run --slurm
-         --slurm-time --slurm-cpus --slurm-mem --slurm-parallel --sbatch-args --report --report-only --out)
+         --slurm-time --slurm-cpus --slurm-mem --slurm-parallel --sbatch-args --report --report-only --out --runs-dir)
 close_match() {  # "; did you mean --seeds?" for --seed, or nothing
     local match
     match="$(python3 -c 'import difflib, sys; print(*difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1, 0.6))' "$1" "${OPTIONS[@]}" 2>/dev/null)" || true
@@ -164,6 +168,8 @@ while [[ $# -gt 0 ]]; do
         --report) report=1; shift ;;
         --report-only) report_only=1; shift ;;
         --out) need_value "$@"; report_dir="$2"; shift 2 ;;
+        --runs-dir) need_value "$@"; RUNS_DIR="${2%/}"; shift 2
+            [[ "$(basename "$RUNS_DIR")" == runs ]] || die "--runs-dir must be a folder named runs (the scripts write runs/<run name>/ in their working directory), e.g. sweep1/runs; got '$RUNS_DIR'" ;;
         --) shift; passthrough+=("$@"); break ;;
         -*) die "unknown option $1$(close_match "$1") (flags for the training scripts go after --)" ;;
         *) die "unexpected argument '$1' (flags for the training scripts go after --)" ;;
@@ -259,6 +265,8 @@ check_games $games
 # ---------------------------------------------------------------------------------------------------------
 # The task list: one line per run, "<run name>\t<command>", in a stable order.
 names=() stems=() commands=()
+in_work_dir=""  # each run works in the parent of the runs folder
+[[ "$RUNS_DIR" == runs ]] || in_work_dir="cd $(printf '%q' "$(realpath -m "$(dirname "$RUNS_DIR")")") && "
 for script in $scripts; do
     path="$(script_path "$script")"
     stem="$(basename "$path" .py)"
@@ -275,7 +283,7 @@ for script in $scripts; do
                      "${extra[@]+"${extra[@]}"}" "${own_args[@]+"${own_args[@]}"}")
                 names+=("$name")
                 stems+=("$stem")
-                commands+=("OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads$(printf ' %q' "${cmd[@]}")")
+                commands+=("$in_work_dir""OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads$(printf ' %q' "${cmd[@]}")")
             done
         done
     done
@@ -348,7 +356,7 @@ if [[ $slurm -eq 1 ]]; then
     fi
     template="$HERE/sweep/slurm_template.sbatch"
     [[ -f "$template" ]] || die "Slurm template $template not found"
-    sweep_dir="$(pwd)/$RUNS_DIR/_slurm/$(date +%Y%m%d-%H%M%S)-$$"
+    sweep_dir="$(realpath -m "$RUNS_DIR")/_slurm/$(date +%Y%m%d-%H%M%S)-$$"
     mkdir -p "$sweep_dir"
     write_tasks "$sweep_dir/tasks.tsv"
     array="0-$((${#todo[@]} - 1))${slurm_parallel:+%$slurm_parallel}"
@@ -365,6 +373,7 @@ if [[ $slurm -eq 1 ]]; then
     job="${job//\{\{WORKDIR\}\}/$(printf '%q' "$(pwd)")}"
     job="${job//\{\{BENCHMARK\}\}/$(printf '%q' "$SELF")}"
     job="${job//\{\{TASKS\}\}/$(printf '%q' "$sweep_dir/tasks.tsv")}"
+    job="${job//\{\{RUNS_DIR\}\}/$(printf '%q' "$(realpath -m "$RUNS_DIR")")}"
     printf '%s\n' "$job" >"$sweep_dir/job.sbatch"
     echo "wrote $sweep_dir/job.sbatch: an array of ${#todo[@]} runs (task list $sweep_dir/tasks.tsv)"
     if [[ $dry_run -eq 1 ]]; then
@@ -388,7 +397,7 @@ if [[ ${#todo[@]} -gt 0 ]]; then
     tasks="$(mktemp "${TMPDIR:-/tmp}/benchmark-tasks.XXXXXX")"
     trap 'rm -f "$tasks"' EXIT
     write_tasks "$tasks"
-    seq 1 "${#todo[@]}" | xargs -P "$jobs" -I{} bash "$SELF" --run-task "$tasks" {} || status=$?
+    seq 1 "${#todo[@]}" | xargs -P "$jobs" -I{} bash "$SELF" --run-task "$tasks" {} "$RUNS_DIR" || status=$?
     failed=0 elsewhere=0
     for i in "${todo[@]}"; do
         [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]] && continue

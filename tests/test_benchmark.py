@@ -203,6 +203,23 @@ def test_resume_skips_finished_runs_and_restarts_interrupted_ones(workdir, fake_
     assert (interrupted / "train.log").exists()
 
 
+def test_runs_dir_puts_the_sweep_elsewhere(workdir, fake_python):
+    """--runs-dir sweep1/runs: each run works in sweep1/ (the scripts write runs/<name>/ there); a second launch skips
+    them; the Slurm job hands the folder to its tasks."""
+    sweep = ["--runs-dir", "sweep1/runs", "--scripts", "ppo", "--games", "Pong", "--variants", "tanh", "--seeds", "1,2"]
+    result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (workdir / "sweep1" / "runs").iterdir() if not p.name.startswith(".")) == [
+        "PongNoFrameskip-v4__ppo_atari_hadamard__tanh__1", "PongNoFrameskip-v4__ppo_atari_hadamard__tanh__2"]
+    assert (workdir / "sweep1" / "runs" / "PongNoFrameskip-v4__ppo_atari_hadamard__tanh__1" / "train.log").exists()
+    assert not (workdir / "runs").exists()
+    again = bench(*sweep, cwd=workdir, PYTHON=fake_python)
+    assert "0 to run" in again.stdout and "2 finished (skipped)" in again.stdout
+    job = slurm_job(bench(*sweep[:2], "--scripts", "dqn", "--games", "Pong", "--variants", "tanh", "--seeds", "1", "--slurm",
+                          cwd=workdir, PYTHON=fake_python).stdout).read_text()
+    assert job.rstrip().endswith(f'"$((SLURM_ARRAY_TASK_ID + 1))" {workdir.resolve() / "sweep1" / "runs"}')
+
+
 def test_a_run_going_on_in_another_sweep_is_left_alone(workdir, fake_python):
     import fcntl
 
