@@ -6,16 +6,16 @@ Runs given the same LABEL are seeds of one configuration. For each configuration
 the mean over seeds of each run's mean raw score over its last 100 games (each seed's value in brackets), the
 games played, the last step logged and, where the run logs them, the representation metrics at its last probe
 (`representation/dead_fraction`, `representation/srank`). It writes `<out>/parity_return.png`: each
-configuration's 100-game running mean of `charts/episodic_return` against environment steps (mean over seeds,
-each seed as a thin line). CleanRL's runs need nothing but their `runs/<run_name>/` folder. `--max-step` compares
-runs at one budget: everything logged after that step is left out (runs stopped early, or of different lengths).
+configuration's 100-game running mean of `charts/episodic_return` against environment steps (mean over seeds
+where every seed has one, each seed as a thin line). CleanRL's runs need nothing but their `runs/<run_name>/`
+folder. `--max-step` compares runs at one budget: everything logged after that step is left out (runs stopped
+early, or of different lengths).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import warnings
 from collections import defaultdict
 
 import matplotlib
@@ -85,9 +85,7 @@ def main() -> None:
         curves = np.array([running_mean(run["charts/episodic_return"], grid) for _, run in runs])
         for curve in curves:
             ax.plot(grid, curve, color=color, linewidth=0.6, alpha=0.4)
-        with warnings.catch_warnings():  # steps before any seed's first game: NaN, not a warning
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(curves, axis=0)
+        mean = curves.mean(axis=0)  # only where every seed has a value: no jump where one seed's curve ends
         ax.plot(grid, mean, color=color, linewidth=2, label=f"{label} ({len(runs)} seeds)")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e3:.0f}k" if x < 1e6 else f"{x / 1e6:g}M"))
     ax.set_xlabel("environment steps")
