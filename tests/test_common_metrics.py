@@ -165,8 +165,9 @@ def test_dead_fraction_conv_is_per_channel():
         ("tanh", ([5, 6], [5, 6], [0.01, 0.02]), ([7, -8], [0.1, 0.2], [0.02, -0.01]), 1 / 3),
         # a always 0 | never both positive | alive
         ("relu", ([-1, -2], [1, 3], [2, -1]), ([1, 2], [-1, -1], [1, 1]), 2 / 3),
-        # a small-scale init, |a|, |b| ~ 0.02 (DQN's default init): every product is below eps_grad, every unit alive
-        ("tanh", ([0.02, -0.01], [-0.03, 0.02]), ([0.01, 0.03], [0.02, -0.02]), 0.0),
+        # a small-scale init, |a|, |b| ~ 0.01 (DQN's default init): every product act'(z_a) b is below eps_grad (the
+        # rule of thresholding it read them all dead), yet every unit passes gradient
+        ("tanh", ([0.01, -0.015], [0.005, 0.012]), ([0.012, 0.01], [-0.015, 0.008]), 0.0),
     ],
 )
 def test_dead_fraction_hadamard(activation, za, zb, expected):
