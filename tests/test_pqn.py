@@ -207,6 +207,7 @@ def test_metrics_do_not_change_the_run(workdir):
             "--activation", "relu", "--seed", "7"]
     scalars = assert_metrics_do_not_change_the_run(SCRIPT, args, ["--metrics-interval", "1", "--metrics-batch-size", "32"], workdir)
     assert [step for step, _ in scalars["on"]["representation/srank"]] == [128, 256, 384, 512]
+    assert read_config(next((workdir / "off" / "runs").iterdir()))["variant"] == "relu"
 
 
 def test_fire_on_life_loss_on_the_real_env():
