@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sweeps the training scripts over variants x games x seeds, locally (N jobs at once) or as a Slurm array
-# job, and writes the report (sweep/plot_results.py). Finished runs are skipped, so running the same command
-# again resumes an interrupted sweep. `bash benchmark.sh --help` lists every flag.
+# job, and writes the report (sweep/plot_results.py). Finished runs are skipped and interrupted ones resume
+# from their checkpoints, so running the same command again resumes an interrupted sweep. `bash benchmark.sh --help` lists every flag.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,7 +18,10 @@ Usage: bash benchmark.sh [options] [-- extra flags for the training scripts]
 Sweeps scripts x variants x games x seeds. Each run is
   $PYTHON <script> --env-id <game> --seed <seed> <variant flags> --run-name <game>__<script>__<variant>__<seed> <extra flags>
 run in the current directory, so it writes runs/<run name>/. A run whose directory holds done.json is
-skipped; a run directory without it (an interrupted run) is removed and the run starts again.
+skipped; an interrupted run (no done.json) resumes from its checkpoint (runs/<run name>/checkpoint.pt), or
+starts again when it has none. Its output is appended to runs/<run name>/train.log.
+SIGINT or SIGTERM to this script passes SIGTERM to the runs, which write their checkpoints and stop; the
+script waits for them and exits (a second signal kills the runs at once; their last checkpoints stay).
 
 Sweep (flag, or environment variable; lists are space or comma separated):
   --scripts LIST        SCRIPTS          ppo, dqn, pqn or script paths       (default: ppo dqn pqn)
@@ -48,6 +51,9 @@ Slurm mode:
   --slurm-cpus N        SBATCH_CPUS      CPUs per run                        (default: 4)
   --slurm-mem M         SBATCH_MEM       memory per run                      (default: 16G)
   --slurm-parallel N    SBATCH_PARALLEL  runs at once (array throttle %N)    (default: no limit)
+  --slurm-grace S       SBATCH_GRACE     seconds before the time limit at which a task checkpoints its run and
+                                         requeues itself (--signal=B:USR1@S; Slurm sends it up to 60 s early)
+                                                                              (default: 300)
   --sbatch-args "ARGS"  SBATCH_EXTRA     more #SBATCH options, e.g. "--partition=gpu --gres=gpu:1"
 Report:
   --report                               after the sweep, write the report (sweep/plot_results.py)
@@ -61,10 +67,13 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------------------------
-# One run of a task list (used by local mode and by each Slurm array task): skip it when finished, remove
-# an interrupted run's directory, run it with its log in the run directory.
+# One run of a task list (used by local mode and by each Slurm array task): skip it when finished, resume it
+# when interrupted (the script finds its checkpoint), append its output to the log in the run directory.
+# SIGTERM, SIGINT and SIGUSR1 reach the run once, through this shell: as SIGTERM (a second SIGINT would make
+# the run exit without its checkpoint) or SIGUSR1, Slurm's warning before the time limit, after which the
+# task requeues itself on Slurm.
 run_task() {
-    local tasks="$1" index="$2" line name cmd run_dir total status start
+    local tasks="$1" index="$2" line name cmd run_dir total status start verb child="" signalled="" trapped=0 rc step
     [[ -f "$tasks" ]] || die "task list $tasks not found"
     line="$(sed -n "${index}p" "$tasks")"
     [[ -n "$line" ]] || die "task list $tasks has no line $index"
@@ -84,18 +93,43 @@ run_task() {
         echo "[$index/$total] skip $name (finished)"
         return 0
     fi
-    if [[ -d "$run_dir" ]]; then
-        echo "[$index/$total] $name was interrupted: removing $run_dir and starting it again"
-        rm -rf -- "$run_dir"
-    fi
+    verb=start
+    [[ -f "$run_dir/checkpoint.pt" ]] && verb=resume
     mkdir -p "$run_dir"
-    echo "[$index/$total] start $name"
+    echo "[$index/$total] $verb $name"
+    echo "# $(date '+%F %T') $verb on $(hostname)${SLURM_JOB_ID:+ (Slurm job $SLURM_JOB_ID)}: $cmd" >>"$run_dir/train.log"
     start=$SECONDS
     status=0
-    (eval "$cmd") >"$run_dir/train.log" 2>&1 </dev/null 9>&- || status=$?  # the lock stays with this shell
+    trap 'signalled=${signalled:-TERM}; trapped=1; [[ -z "$child" ]] || kill -TERM "$child" 2>/dev/null || true' TERM INT
+    trap 'signalled=USR1; trapped=1; [[ -z "$child" ]] || kill -USR1 "$child" 2>/dev/null || true' USR1
+    # exec: the python process itself is the child the signals go to; the lock stays with this shell
+    (eval "${cmd/OMP_NUM_THREADS=/exec env OMP_NUM_THREADS=}") >>"$run_dir/train.log" 2>&1 </dev/null 9>&- &
+    child=$!
+    [[ -z "$signalled" ]] || kill -TERM "$child" 2>/dev/null || true  # a signal that came before the run started
+    while :; do  # a trapped signal ends `wait` early: wait again for the run's own exit status
+        trapped=0
+        wait "$child" && rc=0 || rc=$?
+        [[ $rc -eq 127 ]] || status=$rc  # 127: the run was waited for already (the signal came as it ended)
+        [[ $trapped -eq 1 && $rc -ne 127 ]] || break
+    done
+    trap - TERM INT USR1
     if [[ $status -eq 0 && -f "$run_dir/done.json" ]]; then
         echo "[$index/$total] done  $name ($((SECONDS - start)) s)"
         return 0
+    fi
+    if [[ -n "$signalled" ]]; then
+        step="$(grep -o 'interrupted at step [0-9]*' "$run_dir/train.log" | tail -n 1 | grep -o '[0-9]*$')" || true
+        if [[ -f "$run_dir/checkpoint.pt" ]]; then
+            echo "[$index/$total] interrupted $name${step:+ at step $step} ($((SECONDS - start)) s): its checkpoint resumes it"
+        else
+            echo "[$index/$total] interrupted $name before its first checkpoint ($((SECONDS - start)) s): it starts again"
+        fi
+        if [[ "$signalled" == USR1 && -n "${SLURM_JOB_ID:-}" ]]; then  # Slurm's warning before the time limit: come back later
+            local job="${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}"
+            echo "[$index/$total] requeueing Slurm job $job"
+            scontrol requeue "$job" || echo "[$index/$total] scontrol requeue $job failed: run the sweep again to resume" >&2
+        fi
+        return $((status == 0 ? 1 : status))
     fi
     [[ $status -ne 0 ]] || status=1
     echo "[$index/$total] FAILED $name (exit $status); log: $run_dir/train.log" >&2
@@ -120,7 +154,7 @@ fi
 split_list() { tr ',' ' ' <<<"$1"; }
 need_value() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
 OPTIONS=(--help --scripts --variants --games --seeds --num-seeds --total-timesteps --jobs --threads --quick --dry-run --slurm
-         --slurm-time --slurm-cpus --slurm-mem --slurm-parallel --sbatch-args --report --report-only --out --runs-dir)
+         --slurm-time --slurm-cpus --slurm-mem --slurm-parallel --slurm-grace --sbatch-args --report --report-only --out --runs-dir)
 close_match() {  # "; did you mean --seeds?" for --seed, or nothing
     local match
     match="$(python3 -c 'import difflib, sys; print(*difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1, 0.6))' "$1" "${OPTIONS[@]}" 2>/dev/null)" || true
@@ -144,6 +178,7 @@ opt_scripts="" opt_variants="" opt_games="" opt_seeds="" opt_jobs="" opt_threads
 quick=0 dry_run=0 slurm=0 report=0 report_only=0
 slurm_time="${SBATCH_TIME:-48:00:00}" slurm_cpus="${SBATCH_CPUS:-4}" slurm_mem="${SBATCH_MEM:-16G}"
 slurm_parallel="${SBATCH_PARALLEL:-}" sbatch_extra="${SBATCH_EXTRA:-}" report_dir="${REPORT_DIR:-results}"
+slurm_grace="${SBATCH_GRACE:-300}"
 passthrough=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -164,6 +199,7 @@ while [[ $# -gt 0 ]]; do
         --slurm-cpus) need_value "$@"; slurm_cpus="$2"; shift 2 ;;
         --slurm-mem) need_value "$@"; slurm_mem="$2"; shift 2 ;;
         --slurm-parallel) need_value "$@"; slurm_parallel="$2"; shift 2 ;;
+        --slurm-grace) need_value "$@"; slurm_grace="$2"; shift 2 ;;
         --sbatch-args) need_value "$@"; sbatch_extra="$2"; shift 2 ;;
         --report) report=1; shift ;;
         --report-only) report_only=1; shift ;;
@@ -213,6 +249,7 @@ extra=("${q_args[@]+"${q_args[@]}"}" "${env_args[@]+"${env_args[@]}"}" "${passth
 [[ "$threads" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, got '$threads'"
 [[ -z "$steps" || "$steps" =~ ^[1-9][0-9]*$ ]] || die "--total-timesteps must be a positive integer, got '$steps'"
 [[ -z "$slurm_parallel" || "$slurm_parallel" =~ ^[1-9][0-9]*$ ]] || die "--slurm-parallel must be a positive integer, got '$slurm_parallel'"
+[[ "$slurm_grace" =~ ^[1-9][0-9]*$ ]] || die "--slurm-grace must be a positive number of seconds, got '$slurm_grace'"
 [[ -n "${scripts// /}" ]] || die "no scripts to run"
 [[ -n "${variants// /}" ]] || die "no variants to run"
 [[ -n "${games// /}" ]] || die "no games to run"
@@ -323,7 +360,7 @@ else:
 PY
 }
 echo "# sweep: ${#names[@]} runs ($scripts x $variants x $games x seeds $seeds): ${#todo[@]} to run" \
-     "($interrupted of them interrupted: restarted from scratch), $running running in another sweep (left alone)," \
+     "($interrupted of them interrupted: they resume from their checkpoints), $running running in another sweep (left alone)," \
      "$finished finished (skipped); $(estimate)"
 
 if [[ $dry_run -eq 1 && $slurm -eq 0 ]]; then
@@ -368,6 +405,7 @@ if [[ $slurm -eq 1 ]]; then
     job="${job//\{\{CPUS_PER_TASK\}\}/$slurm_cpus}"
     job="${job//\{\{MEM\}\}/$slurm_mem}"
     job="${job//\{\{TIME\}\}/$slurm_time}"
+    job="${job//\{\{GRACE\}\}/$slurm_grace}"
     job="${job//\{\{LOG_DIR\}\}/$sweep_dir}"
     job="${job//\{\{SBATCH_LINES\}\}/${sbatch_lines%$'\n'}}"
     job="${job//\{\{WORKDIR\}\}/$(printf '%q' "$(pwd)")}"
@@ -395,14 +433,48 @@ if [[ ${#todo[@]} -gt 0 ]]; then
     check_python
     mkdir -p "$RUNS_DIR"
     tasks="$(mktemp "${TMPDIR:-/tmp}/benchmark-tasks.XXXXXX")"
-    trap 'rm -f "$tasks"' EXIT
+    trap 'rm -f "$tasks" "$tasks.lines"' EXIT
     write_tasks "$tasks"
-    seq 1 "${#todo[@]}" | xargs -P "$jobs" -I{} bash "$SELF" --run-task "$tasks" {} "$RUNS_DIR" || status=$?
-    failed=0 elsewhere=0
+    seq 1 "${#todo[@]}" >"$tasks.lines"
+    # The runs get a process group of their own (job control), so that a Ctrl-C at the terminal reaches only this
+    # script, which passes SIGTERM to the whole group: xargs stops starting runs, each run task passes it to its run.
+    set -m
+    xargs -P "$jobs" -I{} bash "$SELF" --run-task "$tasks" {} "$RUNS_DIR" <"$tasks.lines" &
+    runs=$!
+    set +m
+    stopping=""
+    stop_runs() {
+        if [[ -n "$stopping" ]]; then
+            echo "# sweep: $1 again: killing the runs (their last checkpoints stay)" >&2
+            kill -KILL -- "-$runs" 2>/dev/null || true
+            return
+        fi
+        stopping=$1
+        echo "# sweep: $1: stopping the runs; each writes its checkpoint (a second signal kills them)" >&2
+        kill -TERM -- "-$runs" 2>/dev/null || true
+    }
+    trap 'stop_runs SIGINT' INT
+    trap 'stop_runs SIGTERM' TERM
+    while :; do  # a trapped signal ends `wait` early; then wait for every run task of the group to end
+        wait "$runs" && rc=0 || rc=$?
+        [[ -n "$stopping" ]] || { [[ $rc -eq 0 ]] || status=$rc; break; }
+        kill -0 -- "-$runs" 2>/dev/null || break
+        sleep 0.2
+    done
+    trap - INT TERM
+    failed=0 elsewhere=0 stopped=0
     for i in "${todo[@]}"; do
         [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]] && continue
-        if is_locked "${names[$i]}"; then elsewhere=$((elsewhere + 1)); else failed=$((failed + 1)); fi
+        if is_locked "${names[$i]}"; then elsewhere=$((elsewhere + 1))
+        elif [[ -n "$stopping" ]]; then stopped=$((stopped + 1))
+        else failed=$((failed + 1)); fi
     done
+    if [[ -n "$stopping" ]]; then
+        echo "# sweep: stopped by $stopping: $(( ${#todo[@]} - stopped - elsewhere )) of ${#todo[@]} runs finished now, $finished before;" \
+             "$stopped unfinished (run the same command to resume them from their checkpoints)"
+        [[ "$stopping" == SIGINT ]] && exit 130
+        exit 143
+    fi
     echo "# sweep: $(( ${#todo[@]} - failed - elsewhere )) of ${#todo[@]} runs finished now, $finished before;" \
          "$((running + elsewhere)) running in another sweep; $failed failed (logs: $RUNS_DIR/<run name>/train.log; run the same command again to retry them)"
     [[ $failed -eq 0 ]] || status=1

@@ -6,6 +6,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import time
 from collections import deque
@@ -53,7 +54,9 @@ class Args:
     eval_model: Optional[str] = None
     """skip training: load this model file and evaluate it"""
     run_name: Optional[str] = None
-    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`)"""
+    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`); the same name again resumes it"""
+    checkpoint_interval: int = 500_000
+    """write a checkpoint to `runs/<run_name>/checkpoint.pt` every this many environment steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
 
     # Environment
     env_id: str = "BreakoutNoFrameskip-v4"
@@ -141,7 +144,7 @@ def check_args(args: Args):
     for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "metrics_batch_size"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("metrics_interval", "env_threads", "eval_episodes"):
+    for name in ("metrics_interval", "env_threads", "eval_episodes", "checkpoint_interval"):
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
     if args.eval_model is not None and args.eval_episodes == 0:
@@ -456,7 +459,8 @@ def collect_rollout(agent: Agent, envs, episode_stats: EpisodeStats, fire_on_lif
 
 
 def load_model(path: str) -> dict:
-    """A model file written by `--save-model` of this script, read with weights_only=True; anything else is a clear error."""
+    """A model file written by `--save-model` of this script (or a checkpoint of it), read with weights_only=True; anything else is a
+    clear error."""
     if not os.path.isfile(path):
         fail(f"model file not found: {path}")
     try:
@@ -474,7 +478,7 @@ def load_model(path: str) -> dict:
 
 
 def build_agent(checkpoint: dict, device) -> Agent:
-    """The agent a checkpoint describes, with its weights; a shape mismatch is a clear error."""
+    """The agent a model file describes, with its weights; a shape mismatch is a clear error."""
     saved = checkpoint["args"]
     agent = Agent(checkpoint["num_actions"], saved["activation"], saved["hadamard"], checkpoint["representation_width"])
     try:
@@ -509,16 +513,152 @@ def evaluate(agent: Agent, rom: str, repeat_action_probability: float, episodes:
     return returns
 
 
+# ----------------------------------------------------------------------------- checkpoints and interrupts
+CHECKPOINT = "checkpoint.pt"
+# flags that may change when a run resumes: they change where and how it runs, not what it learns
+RESUME_MAY_CHANGE = {"cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "save_model", "eval_episodes", "env_threads",
+                     "checkpoint_interval", "compile"}
+
+
+class Interrupts:
+    """SIGTERM and SIGUSR1 (what Slurm sends before a time limit or a preemption) and Ctrl-C ask the training loop to
+    stop at the end of the current iteration, write a checkpoint and exit. A second Ctrl-C exits at once (the last
+    checkpoint stays). Once `exit_line` is set (the evaluation after training, which has its checkpoint) any of them
+    prints it and exits at once."""
+
+    def __init__(self):
+        self.signum, self.ctrl_c, self.exit_line = None, 0, None
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum, frame):
+        self.ctrl_c += signum == signal.SIGINT
+        if self.exit_line is not None or self.ctrl_c > 1:
+            print(self.exit_line or "interrupted again: exiting at once, without a checkpoint", flush=True)
+            os._exit(128 + signum)
+        self.signum = self.signum or signum
+
+
+def checkpoint_due(global_step: int, steps: int, interval: int) -> bool:
+    """Whether the last `steps` environment steps crossed a multiple of `interval` (0: never)."""
+    return interval > 0 and global_step // interval > (global_step - steps) // interval
+
+
+def rng_states() -> dict:
+    """Every global random generator (python, numpy, torch CPU and CUDA) as values torch.load(weights_only=True) reads."""
+    name, keys, *rest = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict):
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():  # a run moved from CPU to CUDA keeps CUDA's seeded start
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: str, state: dict, writer: SummaryWriter):
+    """Write `state` atomically: to a temporary file, flushed to disk, then renamed over the previous checkpoint, so that
+    a crash mid-write leaves that one intact. The TensorBoard events logged so far are flushed first and the sizes of
+    their files recorded: a resumed run cuts the files back to them, dropping what was logged after the checkpoint."""
+    writer.flush()
+    run_dir = os.path.dirname(path)
+    state["event_files"] = {name: os.path.getsize(os.path.join(run_dir, name)) for name in os.listdir(run_dir) if name.startswith("events.out.tfevents.")}
+    try:
+        torch.save(state, path + ".tmp")
+        with open(path + ".tmp", "rb+") as f:
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as exc:  # a full disk, say: the previous checkpoint stays
+        if os.path.isfile(path + ".tmp"):
+            os.remove(path + ".tmp")
+        fail(f"cannot write checkpoint {path} ({str(exc).splitlines()[0]}); the previous one, if any, stays")
+    os.replace(path + ".tmp", path)
+    try:
+        dir_fd = os.open(run_dir, os.O_RDONLY)
+        os.fsync(dir_fd)  # the rename itself survives a crash
+        os.close(dir_fd)
+    except OSError:  # some network file systems cannot sync a folder
+        pass
+
+
+def cut_events(run_dir: str, sizes: dict):
+    """Cut the run's TensorBoard event files back to `sizes` (a checkpoint's); files begun after it are removed."""
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if name.startswith("events.out.tfevents.") and name not in sizes:
+            os.remove(path)
+        elif name in sizes and os.path.getsize(path) > sizes[name]:
+            os.truncate(path, sizes[name])
+
+
+def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
+    """Before anything is written: the checkpoint to resume `run_dir` from (None: start it from step 0) and the run's
+    saved config.json ({} if none). One clear line when the run there is finished, is not a PPO training run, was
+    started with other settings, or has a checkpoint that cannot be read (then nothing there is touched)."""
+    if not os.path.isdir(run_dir):
+        return None, {}
+    if os.path.exists(os.path.join(run_dir, "done.json")):
+        fail(f"{run_dir} holds a finished run (done.json): give another --run-name, or remove the folder to train it again")
+    saved, resume = {}, None
+    if os.path.isfile(os.path.join(run_dir, "config.json")):
+        try:
+            with open(os.path.join(run_dir, "config.json")) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read {os.path.join(run_dir, 'config.json')} ({type(exc).__name__}); the run there is left as it is")
+    path = os.path.join(run_dir, CHECKPOINT)
+    if os.path.isfile(path):
+        try:
+            resume = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            fail(f"cannot read checkpoint {path} ({type(exc).__name__}: truncated or not a checkpoint); the run is left as it is: "
+                 "remove the file to train the run again from step 0")
+        if not isinstance(resume, dict) or not {"args", "optimizer", "global_step", "rng"} <= resume.keys():
+            fail(f"{path} is not a checkpoint of ppo_atari_hadamard.py; the run is left as it is")
+        saved = {**saved, **resume["args"], "algorithm": resume.get("algorithm")}
+    if saved and (saved.get("algorithm") != "ppo" or saved.get("eval_only")):
+        what = "an --eval-model run" if saved.get("eval_only") else f"a {saved.get('algorithm')} run"
+        fail(f"{run_dir} holds {what}, not a training run of ppo_atari_hadamard.py: give another --run-name")
+    differ = [f"--{key.replace('_', '-')} {saved[key]!r} (this command: {value!r})" for key, value in asdict(args).items()
+              if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value]
+    if differ:
+        fail(f"{run_dir} holds a run with other settings: {', '.join(differ)}; resume it with its own flags or give another --run-name")
+    return resume, saved
+
+
+def env_seed(seed: int, global_step: int) -> int:
+    """The envs' seed: --seed at the start; a resumed run starts new games from a seed derived from --seed and the step."""
+    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 1)
+
+
+def model_state(args: Args, agent: Agent, num_actions: int) -> dict:
+    """What a model file holds (`--save-model`, read by `--eval-model`); every checkpoint holds it too."""
+    return {"algorithm": "ppo", "args": asdict(args), "num_actions": num_actions, "representation_width": agent.actor.in_features,
+            "state_dict": agent.state_dict()}
+
+
+def restore(resume: dict, agent: Agent, optimizer: optim.Optimizer, probe_generator: torch.Generator):
+    """The network, the optimizer and every random generator as the checkpoint holds them."""
+    agent.load_state_dict(resume["state_dict"])
+    optimizer.load_state_dict(resume["optimizer"])
+    probe_generator.set_state(resume["probe_generator"])
+    set_rng_states(resume["rng"])
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    interrupts = Interrupts()  # from here on a signal stops the run at the end of an iteration, with a checkpoint
     check_args(args)
-    checkpoint = load_model(args.eval_model) if args.eval_model else None
-    if checkpoint is not None:  # evaluate the saved model on the game and network it was trained with
-        if args.env_id not in (Args.env_id, checkpoint["args"]["env_id"]):
-            fail(f"model file {args.eval_model} was trained on {checkpoint['args']['env_id']}, not {args.env_id}; leave --env-id out to "
+    model_file = load_model(args.eval_model) if args.eval_model else None
+    if model_file is not None:  # evaluate the saved model on the game and network it was trained with
+        if args.env_id not in (Args.env_id, model_file["args"]["env_id"]):
+            fail(f"model file {args.eval_model} was trained on {model_file['args']['env_id']}, not {args.env_id}; leave --env-id out to "
                  "evaluate it on its own game")
-        args.env_id, args.activation = checkpoint["args"]["env_id"], checkpoint["args"]["activation"]
-        args.hadamard, args.param_matched = checkpoint["args"]["hadamard"], checkpoint["args"]["param_matched"]
+        args.env_id, args.activation = model_file["args"]["env_id"], model_file["args"]["activation"]
+        args.hadamard, args.param_matched = model_file["args"]["hadamard"], model_file["args"]["param_matched"]
     rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
     if args.track:
         try:
@@ -530,6 +670,13 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     variant = args.activation + ("_hr" if args.hadamard else "") + ("_pm" if args.param_matched else "")
     run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    checkpoint_path = os.path.join(run_dir, CHECKPOINT)
+    # the same --run-name again resumes the run from its checkpoint
+    resume_hint = "run the same command to resume" if args.run_name else f"run the same command with --run-name {run_name} to resume"
+    if model_file is not None and os.path.exists(os.path.join(run_dir, "config.json")):
+        fail(f"{run_dir} holds another run: give the evaluation another --run-name")
+    resume, saved_config = check_resume(run_dir, args) if model_file is None else (None, {})
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -541,10 +688,10 @@ if __name__ == "__main__":
     envs = make_env(rom, args.num_envs, repeat_action_probability, args.env_threads)
     num_actions = int(envs.single_action_space.n)
     fire = fire_action(envs, args.fire_on_life_loss)
-    if checkpoint is not None:
-        if checkpoint["num_actions"] != num_actions:
-            fail(f"model file has {checkpoint['num_actions']} actions but {args.env_id} has {num_actions}")
-        agent = build_agent(checkpoint, device)
+    if model_file is not None:
+        if model_file["num_actions"] != num_actions:
+            fail(f"model file has {model_file['num_actions']} actions but {args.env_id} has {num_actions}")
+        agent = build_agent(model_file, device)
     else:
         width = representation_width(args.hadamard, args.param_matched, num_actions)
         agent = Agent(num_actions, args.activation, args.hadamard, width).to(device)
@@ -552,41 +699,64 @@ if __name__ == "__main__":
     print(f"{run_name}: {variant} representation, {num_parameters:,} parameters, device {device}")
 
     # Output: nothing is written before this point.
-    run_dir = os.path.join("runs", run_name)
     os.makedirs(run_dir, exist_ok=True)
+    if resume is not None:
+        cut_events(run_dir, resume["event_files"])  # what the interrupted run logged after its checkpoint goes
+    elif saved_config:
+        cut_events(run_dir, {})
+        print(f"{run_dir} holds no checkpoint: training it again from step 0")
+    wandb_id = saved_config.get("wandb_id") or (os.urandom(4).hex() if args.track else None)  # a resumed run logs to the same W&B run
     config = {**asdict(args), "algorithm": "ppo", "variant": variant, "num_parameters": num_parameters,
               "representation_width": agent.actor.in_features, "run_name": run_name, "device": str(device),
-              "eval_only": checkpoint is not None}
+              "eval_only": model_file is not None, "wandb_id": wandb_id}
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     if args.track:
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config,
-                   name=run_name, save_code=True, dir=run_dir)
+                   name=run_name, save_code=True, dir=run_dir, id=wandb_id, resume="allow")
     writer = SummaryWriter(run_dir)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
-    )
+    if resume is None:
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
 
-    global_step, start_time = 0, time.time()
-    if checkpoint is None:
+    global_step, start_time, elapsed_before, resumes = 0, time.time(), 0.0, 0
+    if model_file is not None:
+        interrupts.exit_line = "interrupted: evaluation stopped"
+    else:
         # CleanRL's Adam; the fused kernel does the same step in one pass over the parameters
         optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
 
         rollout = Rollout(args.num_steps, args.num_envs, envs.single_observation_space.shape, device)
         loss_fn = torch.compile(ppo_loss) if args.compile else ppo_loss
+        recent_returns = deque(maxlen=100)
+        next_probe_step, last_print, start_iteration = (0 if args.metrics_interval > 0 else None), 0.0, 1
+        # the probe's own generator: a run with metrics on takes the same actions and losses as one with them off
+        probe_generator = torch.Generator().manual_seed(args.seed)
+        if resume is not None:
+            restore(resume, agent, optimizer, probe_generator)
+            global_step, start_iteration, next_probe_step = resume["global_step"], resume["iteration"] + 1, resume["next_probe_step"]
+            elapsed_before, resumes = resume["elapsed"], resume["resumes"] + 1
+            recent_returns.extend(resume["recent_returns"])
+            print(f"resuming from step {global_step} ({checkpoint_path}): new games start; the games in progress at the interruption "
+                  "are dropped", flush=True)
+        start_step = global_step
+
+        def training_state(iteration: int) -> dict:
+            """Everything the run needs to go on as if uninterrupted, but the emulators' state."""
+            return {**model_state(args, agent, num_actions), "optimizer": optimizer.state_dict(), "global_step": global_step,
+                    "iteration": iteration, "next_probe_step": next_probe_step, "recent_returns": [float(r) for r in recent_returns],
+                    "elapsed": elapsed_before + time.time() - start_time, "resumes": resumes, "rng": rng_states(),
+                    "probe_generator": probe_generator.get_state()}
 
         # TRY NOT TO MODIFY: start the game
-        next_obs_np, info = envs.reset(seed=args.seed)
+        next_obs_np, info = envs.reset(seed=env_seed(args.seed, global_step))
         next_obs = torch.from_numpy(next_obs_np).to(device)
         episode_stats = EpisodeStats(args.num_envs, info)
         fire_on_life_loss = FireOnLifeLoss(fire, info["lives"])
-        recent_returns = deque(maxlen=100)
-        next_probe_step, last_print = (0 if args.metrics_interval > 0 else None), 0.0
-        # the probe's own generator: a run with metrics on takes the same actions and losses as one with them off
-        probe_generator = torch.Generator().manual_seed(args.seed)
 
-        for iteration in range(1, args.num_iterations + 1):
+        for iteration in range(start_iteration, args.num_iterations + 1):
             # Annealing the rate if instructed to do so.
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
@@ -643,7 +813,7 @@ if __name__ == "__main__":
             explained_var = np.nan if var_y == 0 or np.isnan(var_y) else 1 - (y_true - y_pred).var().item() / var_y
 
             # TRY NOT TO MODIFY: record rewards for plotting purposes
-            sps = int(global_step / (time.time() - start_time))
+            sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("losses/value_loss", v_loss, global_step)
             writer.add_scalar("losses/policy_loss", pg_loss, global_step)
@@ -657,16 +827,33 @@ if __name__ == "__main__":
                 last_print = time.time()
                 recent = f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games" if recent_returns else "no game finished yet"
                 elapsed = time.time() - start_time
-                print(f"step {global_step:>10,}/{args.total_timesteps:,} ({global_step / args.total_timesteps:4.0%})  elapsed {duration(elapsed)}  "
-                      f"ETA {duration(elapsed * (args.total_timesteps - global_step) / max(global_step, 1))}  SPS {sps:>5}  return {recent}", flush=True)
+                print(f"step {global_step:>10,}/{args.total_timesteps:,} ({global_step / args.total_timesteps:4.0%})  elapsed {duration(elapsed_before + elapsed)}  "
+                      f"ETA {duration(elapsed * (args.total_timesteps - global_step) / max(global_step - start_step, 1))}  SPS {sps:>5}  return {recent}", flush=True)
+
+            # a checkpoint every --checkpoint-interval steps, and on SIGTERM, SIGUSR1 or Ctrl-C, which then ends the run
+            if interrupts.signum or checkpoint_due(global_step, args.batch_size, args.checkpoint_interval):
+                save_checkpoint(checkpoint_path, training_state(iteration), writer)
+            if interrupts.signum:  # (a signal during the write finds the checkpoint current)
+                print(f"interrupted at step {global_step}: checkpoint written to {checkpoint_path}; {resume_hint}", flush=True)
+                envs.close()
+                writer.close()
+                if args.track:
+                    wandb.finish(exit_code=128 + interrupts.signum)
+                sys.exit(128 + interrupts.signum)
+
+        if args.save_model or args.capture_video:  # the evaluation follows: it starts from a checkpoint of the finished training
+            save_checkpoint(checkpoint_path, training_state(args.num_iterations), writer)
+            interrupts.exit_line = f"interrupted during the evaluation: training is finished, checkpointed to {checkpoint_path}; {resume_hint}"
 
     envs.close()
     eval_returns = []
-    if checkpoint is not None or args.save_model or args.capture_video:
+    if model_file is not None or args.save_model or args.capture_video:
+        if interrupts.signum:  # a signal after the training loop's last look at it
+            print(interrupts.exit_line, flush=True)
+            sys.exit(128 + interrupts.signum)
         if args.save_model:
             model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
-            torch.save({"algorithm": "ppo", "args": asdict(args), "num_actions": num_actions,
-                        "representation_width": agent.actor.in_features, "state_dict": agent.state_dict()}, model_path)
+            torch.save(model_state(args, agent, num_actions), model_path)
             print(f"model saved to {model_path}")
         video_folder = os.path.join("videos", run_name) if args.capture_video else None
         eval_returns = evaluate(agent, rom, repeat_action_probability, args.eval_episodes, args.seed, device, fire, video_folder)
@@ -677,7 +864,8 @@ if __name__ == "__main__":
 
     writer.close()
     with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
-        json.dump({"global_step": global_step, "wall_time_s": time.time() - start_time, "eval_returns": eval_returns}, f)
+        json.dump({"global_step": global_step, "wall_time_s": elapsed_before + time.time() - start_time, "resumes": resumes,
+                   "eval_returns": eval_returns}, f)
     videos = f", videos in {os.path.join('videos', run_name)}/" if args.capture_video else ""
     print(f"done: outputs in {run_dir}/ (TensorBoard: tensorboard --logdir {os.path.dirname(run_dir)}){videos}", flush=True)
     if args.track:

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,181 @@ def assert_fire_on_life_loss(module, steps: int = 300):
             assert forced_steps == 0 and life_losses <= 2, life_losses
         else:
             assert forced_steps == 0 and life_losses > 0, life_losses
+
+
+# ----------------------------------------------------------------------------- interrupts, checkpoints, resume
+RESUMED = "resumed"  # the --run-name of the interrupted and resumed runs
+
+
+class Background:
+    """A training script running in the background, its output collected as it comes."""
+
+    def __init__(self, script: str, *args: str, cwd: Path):
+        import threading
+
+        self.process = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out, self.err = [], []
+        self.readers = [threading.Thread(target=lambda pipe=pipe, lines=lines: lines.extend(pipe), daemon=True)
+                        for pipe, lines in ((self.process.stdout, self.out), (self.process.stderr, self.err))]
+        for reader in self.readers:
+            reader.start()
+
+    def wait_for(self, ready, timeout: float = 300):
+        """Until `ready()` holds; the script must still be running."""
+        import time
+
+        deadline = time.time() + timeout
+        while not ready():
+            assert self.process.poll() is None, f"the script ended early:\n{''.join(self.out)[-3000:]}\n{''.join(self.err)[-3000:]}"
+            assert time.time() < deadline, "timed out"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        returncode = self.process.wait(timeout)
+        for reader in self.readers:
+            reader.join(10)
+        return subprocess.CompletedProcess(self.process.args, returncode, "".join(self.out), "".join(self.err))
+
+
+def interrupt(script: str, *args: str, cwd: Path, signals=(signal.SIGTERM,), ready=None, delay: float = 0.0,
+              between: float = 0.3) -> subprocess.CompletedProcess:
+    """Run the script, send `signals` (`between` seconds apart) once `ready()` holds (default: its first progress line, the
+    end of its first iteration) and `delay` seconds more; return what it did."""
+    import time
+
+    run = Background(script, *args, cwd=cwd)
+    run.wait_for(ready or (lambda: any(line.startswith("step ") for line in run.out)))
+    time.sleep(delay)
+    for i, signum in enumerate(signals):
+        time.sleep(between if i else 0)
+        run.process.send_signal(signum)
+    return run.finish()
+
+
+def interrupted_line(result: subprocess.CompletedProcess, signum: int) -> int:
+    """The interrupted run's exit (128 + signal, no traceback, its last line) and the step of its checkpoint."""
+    assert result.returncode == 128 + signum, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(rf"interrupted at step (\d+): checkpoint written to runs/{RESUMED}/checkpoint.pt; run the same command to resume", last)
+    assert match, last
+    return int(match.group(1))
+
+
+def snapshot(folder: Path) -> dict:
+    return {path.relative_to(folder): (path.stat().st_size, path.stat().st_mtime_ns) for path in sorted(folder.rglob("*"))}
+
+
+def run_fails_leaving(script: str, *args: str, cwd: Path, run_dir: Path) -> str:
+    """Run a script that must stop with one clear line and a non-zero exit, leaving `run_dir` exactly as it was; return the line."""
+    before = snapshot(run_dir)
+    result = run_script(script, *args, cwd=cwd)
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert snapshot(run_dir) == before, "the run must be left as it was"
+    return lines[0]
+
+
+def assert_steps_increase(scalars: dict):
+    """Every tag's steps strictly increase; games (several envs can end one on the same step) never go back."""
+    for tag, events in scalars.items():
+        steps = [step for step, _ in events]
+        if tag.startswith("charts/episodic_"):
+            assert steps == sorted(steps), tag
+        else:
+            assert all(a < b for a, b in zip(steps, steps[1:])), (tag, steps)
+
+
+def assert_interrupted_run_resumes(script: str, args: list, workdir: Path, ready=None) -> tuple[dict, dict, Path]:
+    """SIGTERM mid-run (once `ready()`), then the same command: the interrupted run exits 143 with one line naming its
+    checkpoint; a truncated checkpoint, another network and another algorithm are one-line errors that leave the run as it
+    was; the same command then resumes from that step and ends at exactly --total-timesteps with every TensorBoard tag's
+    steps increasing; run again, it is a finished run; --eval-model takes the checkpoint. Returns the interruption's
+    checkpoint, the scalars and the run dir."""
+    import shutil
+
+    import torch
+
+    args = [*args, "--run-name", RESUMED]
+    total = int(args[args.index("--total-timesteps") + 1])
+    run_dir = workdir / "runs" / RESUMED
+    step = interrupted_line(interrupt(script, *args, cwd=workdir, ready=ready and (lambda: ready(run_dir))), signal.SIGTERM)
+    assert 0 < step < total
+    checkpoint_file = run_dir / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_file, weights_only=True)
+    assert checkpoint["global_step"] == step and not (run_dir / "done.json").exists()
+
+    shutil.copy(checkpoint_file, workdir / "checkpoint.pt")
+    with open(checkpoint_file, "r+b") as f:  # as a crash mid-write would leave it, were the write not atomic
+        f.truncate(checkpoint_file.stat().st_size // 2)
+    assert "cannot read checkpoint" in run_fails_leaving(script, *args, cwd=workdir, run_dir=run_dir)
+    shutil.copy(workdir / "checkpoint.pt", checkpoint_file)
+    other = "dqn_atari_hadamard.py" if script != "dqn_atari_hadamard.py" else "ppo_atari_hadamard.py"
+    assert f"holds a {checkpoint['algorithm']} run" in run_fails_leaving(other, "--run-name", RESUMED, cwd=workdir, run_dir=run_dir)
+    assert "--hadamard False (this command: True)" in run_fails_leaving(script, *args, "--hadamard", cwd=workdir, run_dir=run_dir)
+
+    result = run_script(script, *args, cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"resuming from step {step} (runs/{RESUMED}/checkpoint.pt)" in result.stdout
+    done = json.loads((run_dir / "done.json").read_text())
+    assert done["global_step"] == total and done["resumes"] == 1, done
+    scalars = read_scalars(run_dir)
+    assert_steps_increase(scalars)
+    assert "finished run" in run_fails_leaving(script, *args, cwd=workdir, run_dir=run_dir)
+    evaluated = run_script(script, "--eval-model", str(checkpoint_file), "--eval-episodes", "1", cwd=workdir)  # a checkpoint is a model file too
+    assert evaluated.returncode == 0 and "evaluation: mean return" in evaluated.stdout, evaluated.stderr[-3000:]
+    return checkpoint, scalars, run_dir
+
+
+# the rollout runs of PPO and PQN that their SIGTERM-and-resume tests use: 32 iterations of 2 envs x 32 steps, one epoch of
+# two minibatches, the probe every 512 steps; --save-model writes the finished training's checkpoint before its evaluation
+ROLLOUT_RESUME_ARGS = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "2048", "--num-minibatches", "2", "--update-epochs",
+                       "1", "--metrics-interval", "512", "--metrics-batch-size", "32", "--save-model", "--eval-episodes", "1"]
+
+
+def assert_rollout_run_resumed_as_one(scalars: dict, run_dir: Path, learning_rate: float):
+    """A ROLLOUT_RESUME_ARGS run, interrupted and resumed, logged every iteration once, annealed the learning rate as one
+    run does, and its optimizer took as many steps as one run's (so it was restored, not started afresh)."""
+    import numpy as np
+    import torch
+
+    batch, iterations = 64, 32
+    assert [step for step, _ in scalars["charts/SPS"]] == list(range(batch, batch * iterations + 1, batch))
+    np.testing.assert_allclose([lr for _, lr in scalars["charts/learning_rate"]],
+                               [learning_rate * (1 - i / iterations) for i in range(iterations)], rtol=1e-6)
+    final = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert final["global_step"] == batch * iterations and final["iteration"] == iterations
+    assert {int(state["step"]) for state in final["optimizer"]["state"].values()} == {iterations * 2}
+
+
+def assert_restores(module, checkpoint: dict, network, optimizer):
+    """`module.restore` (PPO's, PQN's) puts the network, the optimizer, the probe's generator and the global generators
+    back exactly as `checkpoint` holds them."""
+    import torch
+
+    probe_generator = torch.Generator().manual_seed(99)
+    module.restore(checkpoint, network, optimizer, probe_generator)
+    assert_same_state(network.state_dict(), checkpoint["state_dict"])
+    assert_same_state(optimizer.state_dict(), checkpoint["optimizer"])
+    assert_same_state(probe_generator.get_state(), checkpoint["probe_generator"])
+    assert_same_state(module.rng_states(), checkpoint["rng"])
+
+
+def assert_same_state(a, b, path="state"):
+    """Two nested state dicts (tensors, numbers, lists, tuples, dicts) hold the same values."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu()), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (path, a.keys(), b.keys())
+        for key in a:
+            assert_same_state(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)

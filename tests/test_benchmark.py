@@ -8,15 +8,17 @@ import math
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, SCRIPT_ENV
+from conftest import ROOT, SCRIPT_ENV, assert_steps_increase, read_scalars
 
 sys.path.insert(0, str(ROOT / "sweep"))
 import plot_results  # noqa: E402
@@ -120,7 +122,7 @@ def test_dry_run_estimates_the_duration_from_finished_runs(workdir):
     (done / "done.json").write_text(json.dumps({"global_step": 1000, "wall_time_s": 10.0}))  # 100 steps per second
     sweep = ["--dry-run", "--games", "Breakout", "--variants", "tanh", "--seeds", "1,2", "--total-timesteps", "36000", "--jobs", "2"]
     header = bench("--scripts", "ppo", *sweep, cwd=workdir).stdout.splitlines()[0]
-    assert header.endswith("2 to run (0 of them interrupted: restarted from scratch), 0 running in another sweep (left alone), "
+    assert header.endswith("2 to run (0 of them interrupted: they resume from their checkpoints), 0 running in another sweep (left alone), "
                            "0 finished (skipped); about 0.2 h of runs in all, 0.1 h at 2 at once (at the median speed of the finished runs here)")
     header = bench("--scripts", "ppo,dqn", *sweep, cwd=workdir).stdout.splitlines()[0]
     assert header.endswith("duration unknown: no finished run of dqn_atari_hadamard here to time")
@@ -165,6 +167,7 @@ def test_quick_profile_dry_run(workdir):
         (["--scripts", "sac"], "sac_atari_hadamard.py not found"),
         (["--seeds", "1,b"], "seeds must be integers"),
         (["--total-timesteps", "-5"], "--total-timesteps must be a positive integer"),
+        (["--slurm", "--slurm-grace", "0"], "--slurm-grace must be a positive number of seconds"),
     ],
 )
 def test_bad_input_is_one_clear_line(workdir, args, message):
@@ -175,7 +178,7 @@ def test_bad_input_is_one_clear_line(workdir, args, message):
     assert list(workdir.iterdir()) == []
 
 
-def test_resume_skips_finished_runs_and_restarts_interrupted_ones(workdir, fake_python):
+def test_resume_skips_finished_runs_and_resumes_interrupted_ones(workdir, fake_python):
     sweep = ["--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1,2", "--jobs", "2"]
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0, result.stderr
@@ -186,21 +189,24 @@ def test_resume_skips_finished_runs_and_restarts_interrupted_ones(workdir, fake_
     # the same command again: every run finished, nothing runs
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0 and len(calls(workdir)) == 4, result.stdout
-    assert ("0 to run (0 of them interrupted: restarted from scratch), 0 running in another sweep (left alone), 4 finished (skipped);"
-            " nothing to run") in result.stdout
+    assert ("0 to run (0 of them interrupted: they resume from their checkpoints), 0 running in another sweep (left alone), "
+            "4 finished (skipped); nothing to run") in result.stdout
 
-    # an interrupted run (no done.json) is removed and runs again from scratch
+    # an interrupted run (no done.json) runs again with the same command, in its own folder (the script resumes it from
+    # its checkpoint), its log appended to
     interrupted = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh_hr__2"
     (interrupted / "done.json").unlink()
-    (interrupted / "stale.txt").write_text("left by the interrupted run")
+    (interrupted / "checkpoint.pt").write_text("left by the interrupted run")
+    log = (interrupted / "train.log").read_text()
     dry = bench(*sweep, "--dry-run", cwd=workdir, PYTHON=fake_python)
     assert commands(dry) and len(commands(dry)) == 1 and interrupted.name in commands(dry)[0]
-    assert dry.stdout.count("# skip (finished):") == 3
+    assert dry.stdout.count("# skip (finished):") == 3 and "(1 of them interrupted: they resume from their checkpoints)" in dry.stdout
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0, result.stderr
-    assert calls(workdir)[4:] == [interrupted.name]
-    assert (interrupted / "done.json").exists() and not (interrupted / "stale.txt").exists()
-    assert (interrupted / "train.log").exists()
+    assert calls(workdir)[4:] == [interrupted.name] and f"resume {interrupted.name}" in result.stdout
+    assert (interrupted / "done.json").exists() and (interrupted / "checkpoint.pt").exists()
+    assert (interrupted / "train.log").read_text().startswith(log)
+    assert [line.split()[3] for line in (interrupted / "train.log").read_text().splitlines() if line.startswith("# ")] == ["start", "resume"]
 
 
 def test_runs_dir_puts_the_sweep_elsewhere(workdir, fake_python):
@@ -248,24 +254,73 @@ def test_a_failed_run_is_reported_and_retried(workdir, fake_python):
     assert result.returncode == 0 and (log.parent / "done.json").exists()
 
 
+def processes_in(folder: Path) -> list[str]:
+    """The command lines of the processes working in `folder` (a sweep's runs and run tasks)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cwd").resolve() == folder.resolve():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone, or not ours to read
+            pass
+    return found
+
+
+def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_command_resumes_them(workdir):
+    """Two real PPO runs at once: SIGTERM, then SIGINT, to benchmark.sh reach the runs, which write their checkpoints and
+    stop; the sweep waits for them and exits 143 / 130, leaving no process behind. The same command then resumes both
+    from their checkpoints, appending to their logs, and they end at exactly their budget."""
+    sweep = ["--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1", "--jobs", "2", "--total-timesteps",
+             "2048", "--", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "0"]
+    names = [f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{variant}__1" for variant in ("tanh", "tanh_hr")]
+    logs = [workdir / "runs" / name / "train.log" for name in names]
+    steps = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        launched = len(steps)
+        sweep_process = subprocess.Popen(["bash", str(BENCHMARK), *sweep], cwd=workdir, env={**SCRIPT_ENV, "PYTHON": sys.executable},
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while not all(log.exists() and log.read_text().count("\nstep ") > launched for log in logs):
+            assert sweep_process.poll() is None and time.time() < deadline, sweep_process.communicate()
+            time.sleep(0.1)
+        sweep_process.send_signal(signum)
+        stdout, stderr = sweep_process.communicate(timeout=300)
+        assert sweep_process.returncode == 128 + signum, stdout + stderr
+        assert "stopping the runs; each writes its checkpoint" in stderr and "2 unfinished (run the same command to resume" in stdout
+        assert processes_in(workdir) == [], "no run or run task outlives the sweep"
+        for name, log in zip(names, logs):
+            step = int(re.findall(r"interrupted at step (\d+): checkpoint written", log.read_text())[-1])
+            assert f"interrupted {name} at step {step}" in stdout and 0 < step < 2048
+            steps.append(step)
+    result = bench(*sweep, cwd=workdir)
+    assert result.returncode == 0 and "2 of 2 runs finished now" in result.stdout, result.stdout + result.stderr
+    for name, log, first, second in zip(names, logs, steps[:2], steps[2:]):
+        text = log.read_text()
+        assert [line.split()[3] for line in text.splitlines() if line.startswith("# ")] == ["start", "resume", "resume"]
+        assert f"resuming from step {first} " in text and f"resuming from step {second} " in text
+        assert json.loads((workdir / "runs" / name / "done.json").read_text())["global_step"] == 2048
+        assert_steps_increase(read_scalars(workdir / "runs" / name))
+
+
 def slurm_job(stdout: str) -> Path:
     return Path(next(word.rstrip(":") for word in stdout.split() if word.rstrip(":").endswith("job.sbatch")))
 
 
 def test_slurm_writes_an_array_job_from_the_template(workdir, fake_python):
-    if shutil.which("sbatch"):
-        pytest.skip("Slurm is installed here: the no-sbatch path cannot be checked")
+    """The job script from the template (written, not submitted: where sbatch is absent, or with --dry-run), and an array
+    task run from it as Slurm starts one. tests/test_slurm.py submits to a real Slurm."""
     sweep = ["--slurm", "--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1,2",
-             "--slurm-time", "2:00:00", "--slurm-cpus", "3", "--sbatch-args", "--partition=gpu --gres=gpu:1", "--", "--num-envs", "4"]
+             "--slurm-time", "2:00:00", "--slurm-cpus", "3", "--slurm-grace", "120", "--sbatch-args", "--partition=gpu --gres=gpu:1",
+             *(["--dry-run"] if shutil.which("sbatch") else []), "--", "--num-envs", "4"]
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0, result.stderr
-    assert "sbatch not found" in result.stdout
+    assert ("dry run: not submitted" if shutil.which("sbatch") else "sbatch not found") in result.stdout
     job = slurm_job(result.stdout)
     assert job.is_file() and job.parent.parent == workdir / "runs" / "_slurm"
     text = job.read_text()
     assert not re.search(r"\{\{[A-Z_]+\}\}", text) and text.startswith("#!/bin/bash")
     for line in ["#SBATCH --array=0-3", "#SBATCH --time=2:00:00", "#SBATCH --cpus-per-task=3", "#SBATCH --partition=gpu",
-                 "#SBATCH --gres=gpu:1", f"cd {workdir}"]:
+                 "#SBATCH --gres=gpu:1", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120", "#SBATCH --open-mode=append", f"cd {workdir}"]:
         assert line in text.splitlines(), line
     tasks = (job.parent / "tasks.tsv").read_text().splitlines()
     assert len(tasks) == 4 and all(task.endswith("--num-envs 4") for task in tasks)

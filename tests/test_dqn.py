@@ -3,6 +3,9 @@ wrong in small, and end-to-end tiny runs read back from TensorBoard."""
 
 import json
 import math
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,8 +13,9 @@ import torch
 
 import common_metrics
 import dqn_atari_hadamard as dqn
-from conftest import (assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run,
-                      assert_progress_and_outputs, read_config, read_scalars, run_fails, run_ok, run_ok_output, run_script)
+from conftest import (RESUMED, ROOT, assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_interrupted_run_resumes,
+                      assert_metrics_do_not_change_the_run, assert_progress_and_outputs, assert_same_state, interrupt, interrupted_line,
+                      read_config, read_scalars, run_fails, run_ok, run_ok_output, run_script)
 
 SCRIPT = "dqn_atari_hadamard.py"
 TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--buffer-size", "500", "--train-frequency", "4",
@@ -157,6 +161,43 @@ def test_replay_buffer_at_every_write_of_a_small_ring():
         check_buffer(rb, written, transition, episode_start)
     assert starts >= 2
     envs.close()
+
+
+def test_replay_buffer_samples_the_same_after_a_save_load_round_trip(tmp_path):
+    """A buffer that has wrapped, saved with torch.save and read back with weights_only=True (as a checkpoint holds it):
+    the same contents and, its sampler's generator restored too, the same batches, now and after more writes."""
+    rb = dqn.FrameReplayBuffer(150, 2, seed=3)
+    collect(2, 200, 5, [rb])
+    path = tmp_path / "buffer.pt"
+    torch.save({"replay_buffer": rb.state_dict(), "replay_rng": rb.rng.bit_generator.state}, path)
+    saved = torch.load(path, weights_only=True)
+    loaded = dqn.FrameReplayBuffer(150, 2, seed=0)
+    loaded.load_state_dict(saved["replay_buffer"])
+    loaded.rng.bit_generator.state = saved["replay_rng"]
+    assert (loaded.pos, loaded.writes) == (rb.pos, rb.writes) and rb.writes > rb.slots
+    for _ in range(2):
+        for a, b in zip(rb.sample(32), loaded.sample(32)):
+            np.testing.assert_array_equal(a, b)
+        obs = np.zeros((2, 4, 84, 84), dtype=np.uint8)
+        obs[:, -1] = 7
+        for buffer in (rb, loaded):
+            buffer.add(obs, [1, 2], [0.0, 1.0], [False, True], episode_start=[True, False])
+    with pytest.raises(ValueError, match="frames have shape"):
+        dqn.FrameReplayBuffer(100, 2).load_state_dict(saved["replay_buffer"])
+
+
+def test_a_checkpoint_writes_the_replay_buffer_without_a_second_copy(tmp_path):
+    """benchmarks/bench_checkpoint.py on DQN with a 40k-transition buffer (283 MB, every frame written): while the checkpoint
+    is written the peak resident memory grows by under a tenth of the buffer, and the figures are those of a real write."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_checkpoint.py"), "--scripts", "dqn", "--buffer-size", "40000",
+                             "--repeats", "1", "--json", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)
+    assert [row["variant"] for row in rows] == ["tanh", "tanh_hr"]
+    for row in rows:
+        assert row["bytes"] > row["buffer_bytes"] > 2.8e8 and row["write_s"] > 0 and row["read_s"] > 0
+        assert row["write_peak_growth_bytes"] < 0.1 * row["buffer_bytes"], row
+    assert list(tmp_path.iterdir()) == [], "the benchmark leaves nothing behind"
 
 
 def test_fire_on_life_loss_on_the_real_env():
@@ -331,6 +372,7 @@ def test_bad_model_files_are_one_line_errors(workdir):
         (["--env-id", "BreakotNoFrameskip-v4"], "BreakoutNoFrameskip-v4"),
         (["--num-envs", "0"], "--num-envs must be positive"),
         (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
+        (["--checkpoint-interval", "-1"], "--checkpoint-interval must be zero or positive"),
         (["--hadamard", "--param-matched"], "one or the other"),
         (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
         (["--gamma", "-0.1"], "--gamma must be in [0, 1]"),
@@ -345,3 +387,50 @@ def test_tracking_writes_an_offline_wandb_run(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = next((workdir / "runs").iterdir())
     assert list(run_dir.glob("wandb/offline-run-*")), "no offline W&B run written"
+
+
+RESUME_ARGS = ["--total-timesteps", "1500", "--learning-starts", "300", "--buffer-size", "1000", "--metrics-interval", "500",
+               "--metrics-batch-size", "32", "--checkpoint-interval", "600"]
+
+
+def test_sigterm_then_the_same_command_resumes_the_run(workdir):
+    """SIGTERM once training has begun (after the checkpoint at step 600), then the same command
+    (conftest.assert_interrupted_run_resumes); here: losses logged every 100 steps as in one run, epsilon scheduled as in
+    one run, the optimizer's step count that of an uninterrupted run, the checkpoint (networks, optimizer, replay buffer,
+    generators) restored exactly."""
+    args = [*RESUME_ARGS, "--save-model", "--eval-episodes", "1"]
+    checkpoint, scalars, run_dir = assert_interrupted_run_resumes(SCRIPT, args, workdir, ready=lambda run: (run / "checkpoint.pt").exists())
+    assert checkpoint["global_step"] > 600 and "replay_buffer" in checkpoint
+    steps = [step for step, _ in scalars["losses/td_loss"]]
+    assert steps == list(range(400, 1500, 100)), steps
+    np.testing.assert_allclose([e for _, e in scalars["charts/epsilon"]], [dqn.linear_schedule(1, 0.01, 0.1 * 1500, s) for s in steps], rtol=1e-6)
+    final = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # the finished training's (no buffer), before its evaluation
+    assert final["global_step"] == 1500 and "replay_buffer" not in final
+    assert {int(state["step"]) for state in final["optimizer"]["state"].values()} == {dqn.steps_due(0, 1500, 4, 300)}
+
+    # what the resumed run restores is what the checkpoint holds
+    q_network, target_network = (dqn.QNetwork(checkpoint["num_actions"], width=checkpoint["representation_width"]) for _ in range(2))
+    optimizer = dqn.make_optimizer(q_network.parameters(), 1e-4)
+    rb, rng = dqn.FrameReplayBuffer(1000, 1, seed=99), np.random.default_rng(99)
+    assert dqn.restore(checkpoint, q_network, target_network, optimizer, rb, rng)
+    assert_same_state(q_network.state_dict(), checkpoint["state_dict"])
+    assert_same_state(target_network.state_dict(), checkpoint["target_state_dict"])
+    assert_same_state(optimizer.state_dict(), checkpoint["optimizer"])
+    assert_same_state(rb.state_dict(), checkpoint["replay_buffer"])
+    assert_same_state((rb.rng.bit_generator.state, rng.bit_generator.state), (checkpoint["replay_rng"], checkpoint["exploration_rng"]))
+    assert_same_state(dqn.rng_states(), checkpoint["rng"])
+
+
+
+def test_a_checkpoint_without_the_buffer_refills_it_before_training(workdir):
+    """--no-checkpoint-buffer: the checkpoint holds no replay buffer; the resumed run refills it for --learning-starts steps
+    before it trains (and logs losses) again."""
+    args = [*RESUME_ARGS, "--no-checkpoint-buffer", "--run-name", RESUMED]
+    step = interrupted_line(interrupt(SCRIPT, *args, cwd=workdir, ready=lambda: (workdir / "runs" / RESUMED / "checkpoint.pt").exists()),
+                            signal.SIGTERM)
+    assert "replay_buffer" not in torch.load(workdir / "runs" / RESUMED / "checkpoint.pt", weights_only=True)
+    resumed = run_script(SCRIPT, *args, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"the replay buffer refills until step {step + 300}" in resumed.stdout
+    steps = [s for s, _ in read_scalars(workdir / "runs" / RESUMED)["losses/td_loss"]]
+    assert steps == [s for s in range(400, 1500, 100) if s < step or s > step + 300], (step, steps)

@@ -11,8 +11,10 @@ import torch
 
 import common_metrics
 import ppo_atari_hadamard as ppo
-from conftest import (ROOT, assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run,
-                      assert_progress_and_outputs, read_config, read_scalars, run_fails, run_ok, run_ok_output, run_script)
+from conftest import (ROLLOUT_RESUME_ARGS, ROOT, assert_bad_model_files_rejected, assert_fire_on_life_loss,
+                      assert_interrupted_run_resumes, assert_metrics_do_not_change_the_run, assert_progress_and_outputs,
+                      assert_restores, assert_rollout_run_resumed_as_one, read_config, read_scalars, run_fails, run_ok,
+                      run_ok_output, run_script)
 
 SCRIPT = "ppo_atari_hadamard.py"
 TINY = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--num-minibatches", "2",
@@ -222,6 +224,7 @@ def test_bad_model_files_are_one_line_errors(workdir):
         (["--env-id", "BreakotNoFrameskip-v4"], "BreakoutNoFrameskip-v4"),
         (["--num-envs", "0"], "--num-envs must be positive"),
         (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
+        (["--checkpoint-interval", "-1"], "--checkpoint-interval must be zero or positive"),
         (["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "does not divide"),
         (["--hadamard", "--param-matched"], "one or the other"),
         (["--metrics-interval", "-1"], "--metrics-interval must be zero or positive"),
@@ -267,3 +270,12 @@ def test_compiled_update_runs_and_logs_losses(workdir):
     scalars = read_scalars(run_ok(SCRIPT, *TINY, "--compile", "--metrics-interval", "0", cwd=workdir))
     assert all(math.isfinite(value) for _, value in scalars["losses/value_loss"])
     assert not any(tag.startswith("representation/") for tag in scalars), "--metrics-interval 0 turns the probe off"
+
+
+def test_sigterm_then_the_same_command_resumes_the_run(workdir):
+    """SIGTERM mid-run, then the same command (conftest.assert_interrupted_run_resumes): every iteration logged once, the
+    learning rate scheduled as in one run, the optimizer's step count that of one run, the checkpoint restored exactly."""
+    checkpoint, scalars, run_dir = assert_interrupted_run_resumes(SCRIPT, ROLLOUT_RESUME_ARGS, workdir)
+    assert_rollout_run_resumed_as_one(scalars, run_dir, learning_rate=2.5e-4)
+    agent = ppo.Agent(checkpoint["num_actions"], width=checkpoint["representation_width"])
+    assert_restores(ppo, checkpoint, agent, torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5, fused=True))

@@ -9,8 +9,10 @@ import torch
 
 import common_metrics
 import pqn_atari_hadamard as pqn
-from conftest import (assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_metrics_do_not_change_the_run,
-                      assert_progress_and_outputs, read_config, read_scalars, run_fails, run_ok, run_ok_output, run_script)
+from conftest import (ROLLOUT_RESUME_ARGS, assert_bad_model_files_rejected, assert_fire_on_life_loss,
+                      assert_interrupted_run_resumes, assert_metrics_do_not_change_the_run, assert_progress_and_outputs,
+                      assert_restores, assert_rollout_run_resumed_as_one, read_config, read_scalars, run_fails, run_ok,
+                      run_ok_output, run_script)
 
 SCRIPT = "pqn_atari_hadamard.py"
 TINY = ("--num-envs", "2", "--num-steps", "16", "--total-timesteps", "128", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32")
@@ -252,6 +254,17 @@ def test_tanh_hr_save_video_and_eval_model(workdir):
     assert read_config(eval_dir)["variant"] == "tanh_hr"
 
 
+def test_sigterm_then_the_same_command_resumes_the_run(workdir):
+    """SIGTERM mid-run, then the same command (conftest.assert_interrupted_run_resumes): every iteration logged once, the
+    learning rate and epsilon scheduled as in one run, the optimizer's step count that of one run, the checkpoint restored exactly."""
+    checkpoint, scalars, run_dir = assert_interrupted_run_resumes(SCRIPT, ROLLOUT_RESUME_ARGS, workdir)
+    assert_rollout_run_resumed_as_one(scalars, run_dir, learning_rate=2.5e-4)
+    np.testing.assert_allclose([e for _, e in scalars["charts/epsilon"]],
+                               [pqn.linear_schedule(1, 0.01, 0.1 * 2048, step) for step, _ in scalars["charts/epsilon"]], rtol=1e-6)
+    q_network = pqn.QNetwork(checkpoint["num_actions"], width=checkpoint["representation_width"])
+    assert_restores(pqn, checkpoint, q_network, torch.optim.RAdam(q_network.parameters(), lr=2.5e-4))
+
+
 def test_purejaxql_preset_runs(workdir):
     run_dir = run_ok(SCRIPT, *PUREJAXQL, "--total-timesteps", "4096", "--metrics-interval", "4096", cwd=workdir)
     check_run(run_dir)
@@ -279,6 +292,7 @@ def test_speed_benchmark_figures_are_consistent(workdir):
         (("--env-id", "Breakot-v5"), "Breakout"),
         (("--num-envs", "0"), "num-envs"),
         (("--total-timesteps", "-5"), "total-timesteps"),
+        (("--checkpoint-interval", "-1"), "--checkpoint-interval must be zero or positive"),
         (("--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"), "does not divide"),
         (("--hadamard", "--param-matched"), "param-matched"),
         (("--metrics-interval", "-1"), "metrics-interval"),

@@ -1,0 +1,119 @@
+"""Ctrl-C, SIGTERM and SIGUSR1 in the three training scripts: a checkpoint and one line, no traceback; a second Ctrl-C
+exits at once; a signal during the evaluation; W&B resumes the same run. Each script's SIGTERM-and-resume test is in its
+own test file (conftest.assert_interrupted_run_resumes)."""
+
+import json
+import re
+import signal
+
+import pytest
+import torch
+
+from conftest import ROOT, RESUMED, Background, interrupt, interrupted_line, read_config, read_scalars, run_script
+
+# runs long enough to be interrupted after their first iteration, the probe off
+LONG = {
+    "ppo_atari_hadamard.py": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "4096", "--num-minibatches", "2",
+                              "--update-epochs", "1", "--metrics-interval", "0"],
+    "pqn_atari_hadamard.py": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "4096", "--num-minibatches", "2",
+                              "--update-epochs", "1", "--metrics-interval", "0"],
+    "dqn_atari_hadamard.py": ["--total-timesteps", "4000", "--learning-starts", "100", "--buffer-size", "500", "--metrics-interval", "0"],
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1], ids=["ctrl-c", "sigusr1"])
+@pytest.mark.parametrize("script", LONG)
+def test_a_signal_writes_a_checkpoint_and_one_line(workdir, script, signum):
+    """Ctrl-C and SIGUSR1 (Slurm's warning before a time limit) stop the run as SIGTERM does: the current iteration
+    finishes, a checkpoint is written, one line says so, the exit is 128 + the signal, and no traceback."""
+    step = interrupted_line(interrupt(script, *LONG[script], "--run-name", RESUMED, cwd=workdir, signals=(signum,)), signum)
+    assert torch.load(workdir / "runs" / RESUMED / "checkpoint.pt", weights_only=True)["global_step"] == step
+
+
+@pytest.mark.parametrize("script", ["ppo_atari_hadamard.py", "pqn_atari_hadamard.py"])
+def test_a_second_ctrl_c_exits_at_once(workdir, script):
+    """Two Ctrl-C within an iteration of 1,024 steps: the second exits at once, without a checkpoint."""
+    args = ["--num-envs", "4", "--num-steps", "256", "--total-timesteps", "8192", "--num-minibatches", "4", "--update-epochs", "1",
+            "--metrics-interval", "0", "--checkpoint-interval", "0", "--run-name", RESUMED]
+    result = interrupt(script, *args, cwd=workdir, signals=(signal.SIGINT, signal.SIGINT), delay=0.5)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "interrupted again: exiting at once, without a checkpoint"
+    assert not (workdir / "runs" / RESUMED / "checkpoint.pt").exists()
+
+
+def test_a_second_ctrl_c_during_a_checkpoint_leaves_the_previous_one(workdir):
+    """DQN with a 150k-transition buffer (a 1 GB checkpoint): a second Ctrl-C while the checkpoint is being written exits
+    at once, and the previous checkpoint is intact (the write goes to a temporary file renamed only once it is complete)."""
+    args = [*LONG["dqn_atari_hadamard.py"], "--buffer-size", "150000", "--run-name", RESUMED]
+    step = interrupted_line(interrupt("dqn_atari_hadamard.py", *args, cwd=workdir), signal.SIGTERM)
+    checkpoint = workdir / "runs" / RESUMED / "checkpoint.pt"
+    before = checkpoint.stat().st_size, checkpoint.stat().st_mtime_ns
+    result = interrupt("dqn_atari_hadamard.py", *args, cwd=workdir, signals=(signal.SIGINT, signal.SIGINT), between=0.2)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"resuming from step {step} " in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "interrupted again: exiting at once, without a checkpoint"
+    assert (checkpoint.stat().st_size, checkpoint.stat().st_mtime_ns) == before
+    assert torch.load(checkpoint, weights_only=True, mmap=True)["global_step"] == step
+
+
+def test_a_signal_during_the_evaluation_resumes_at_the_evaluation(workdir):
+    """Training is checkpointed before the evaluation after it: SIGTERM there exits at once with one line, and the same
+    command evaluates again from that checkpoint, with no trace of the interrupted evaluation in TensorBoard."""
+    script = "ppo_atari_hadamard.py"
+    args = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "512", "--num-minibatches", "2", "--update-epochs", "1",
+            "--metrics-interval", "0", "--save-model", "--run-name", RESUMED]
+    run = Background(script, *args, "--eval-episodes", "50", cwd=workdir)
+    run.wait_for(lambda: any(line.startswith("model saved to") for line in run.out))
+    run.process.send_signal(signal.SIGTERM)
+    result = run.finish()
+    assert result.returncode == 143 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == (f"interrupted during the evaluation: training is finished, checkpointed to "
+                                                      f"runs/{RESUMED}/checkpoint.pt; run the same command to resume")
+    resumed = run_script(script, *args, "--eval-episodes", "1", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step 512 " in resumed.stdout and "evaluation: mean return" in resumed.stdout
+    run_dir = workdir / "runs" / RESUMED
+    assert len(read_scalars(run_dir)["eval/episodic_return"]) == 1
+    assert json.loads((run_dir / "done.json").read_text())["global_step"] == 512
+
+
+def test_wandb_resumes_the_same_run(workdir):
+    """--track (offline): the resumed run logs to the W&B run of the interrupted one, its id kept in config.json."""
+    script, args = "ppo_atari_hadamard.py", [*LONG["ppo_atari_hadamard.py"], "--track", "--run-name", RESUMED]
+    interrupted_line(interrupt(script, *args, cwd=workdir), signal.SIGTERM)
+    run_dir = workdir / "runs" / RESUMED
+    wandb_id = read_config(run_dir)["wandb_id"]
+    assert re.fullmatch(r"[a-z0-9]{8}", wandb_id), wandb_id
+    resumed = run_script(script, *args, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_config(run_dir)["wandb_id"] == wandb_id
+    assert len(list(run_dir.glob(f"wandb/offline-run-*-{wandb_id}"))) == 2, list(run_dir.glob("wandb/*"))
+
+
+def test_the_checkpoint_code_is_the_same_in_every_script():
+    """Each script carries its own copy of the checkpoint and interrupt code (each stands alone): the copies do not drift."""
+    sections = {}
+    for script in LONG:
+        source = (ROOT / script).read_text()
+        start = source.index("# ----------------------------------------------------------------------------- checkpoints and interrupts")
+        section = source[start : source.index("\ndef model_state(", start)]
+        for name in ("ppo", "pqn", "dqn", "PPO", "PQN", "DQN"):
+            section = section.replace(f'"{name}"', "ALGORITHM").replace(name, "ALGORITHM")
+        sections[script] = section.replace(', "checkpoint_buffer"', "").replace("current step", "current iteration")
+    assert len(set(sections.values())) == 1, "the checkpoint code differs between the scripts"
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_previous_one_stays(tmp_path):
+    """The write goes to a temporary file: when it fails (here a folder stands where that file would go; a full disk
+    alike), the run stops with one line and the previous checkpoint is untouched."""
+    import ppo_atari_hadamard as ppo
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    ppo.save_checkpoint(str(path), {"global_step": 64}, writer)
+    (tmp_path / "checkpoint.pt.tmp").mkdir()
+    with pytest.raises(SystemExit, match=r"^error: cannot write checkpoint .*checkpoint.pt \(.*\); the previous one, if any, stays$"):
+        ppo.save_checkpoint(str(path), {"global_step": 128}, writer)
+    assert torch.load(path, weights_only=True)["global_step"] == 64
+    writer.close()
