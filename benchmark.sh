@@ -47,7 +47,8 @@ Local mode:
 Slurm mode:
   --slurm                                write an sbatch array job (one task per unfinished run) from
                                          sweep/slurm_template.sbatch to runs/_slurm/<time>/ and submit it
-  --slurm-time T        SBATCH_TIME      time limit per run                  (default: 48:00:00)
+  --slurm-time T        SBATCH_TIME      time limit of a task's allocation; a longer run goes on in the next
+                                         (the task requeues itself)          (default: 48:00:00)
   --slurm-cpus N        SBATCH_CPUS      CPUs per run                        (default: 4)
   --slurm-mem M         SBATCH_MEM       memory per run                      (default: 16G)
   --slurm-parallel N    SBATCH_PARALLEL  runs at once (array throttle %N)    (default: no limit)

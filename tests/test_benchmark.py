@@ -271,16 +271,17 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
     stop; the sweep waits for them and exits 143 / 130, leaving no process behind. The same command then resumes both
     from their checkpoints, appending to their logs, and they end at exactly their budget."""
     sweep = ["--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1", "--jobs", "2", "--total-timesteps",
-             "2048", "--", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "0"]
+             "4096", "--", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "0"]
     names = [f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{variant}__1" for variant in ("tanh", "tanh_hr")]
     logs = [workdir / "runs" / name / "train.log" for name in names]
     steps = []
+    progress = lambda log: log.read_text().count("\nstep ") if log.exists() else 0  # noqa: E731 (progress lines so far)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        launched = len(steps)
+        before = [progress(log) for log in logs]
         sweep_process = subprocess.Popen(["bash", str(BENCHMARK), *sweep], cwd=workdir, env={**SCRIPT_ENV, "PYTHON": sys.executable},
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300
-        while not all(log.exists() and log.read_text().count("\nstep ") > launched for log in logs):
+        while not all(progress(log) > count for log, count in zip(logs, before)):  # each run has done an iteration
             assert sweep_process.poll() is None and time.time() < deadline, sweep_process.communicate()
             time.sleep(0.1)
         sweep_process.send_signal(signum)
@@ -290,7 +291,7 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
         assert processes_in(workdir) == [], "no run or run task outlives the sweep"
         for name, log in zip(names, logs):
             step = int(re.findall(r"interrupted at step (\d+): checkpoint written", log.read_text())[-1])
-            assert f"interrupted {name} at step {step}" in stdout and 0 < step < 2048
+            assert f"interrupted {name} at step {step}" in stdout and 0 < step < 4096
             steps.append(step)
     result = bench(*sweep, cwd=workdir)
     assert result.returncode == 0 and "2 of 2 runs finished now" in result.stdout, result.stdout + result.stderr
@@ -298,7 +299,7 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
         text = log.read_text()
         assert [line.split()[3] for line in text.splitlines() if line.startswith("# ")] == ["start", "resume", "resume"]
         assert f"resuming from step {first} " in text and f"resuming from step {second} " in text
-        assert json.loads((workdir / "runs" / name / "done.json").read_text())["global_step"] == 2048
+        assert json.loads((workdir / "runs" / name / "done.json").read_text())["global_step"] == 4096
         assert_steps_increase(read_scalars(workdir / "runs" / name))
 
 
