@@ -103,7 +103,11 @@ def test_a_run_longer_than_its_time_limit_finishes_over_several_allocations(work
     wait_until(lambda: job_ended(slurm, job), slurm, job, 900, "the run over its allocations")
     text = assert_finished(workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__1", 12288)
     allocations = [line.split()[3] for line in text.splitlines() if line.startswith("# ")]
-    assert allocations[0] == "start" and set(allocations[1:]) == {"resume"}, allocations
-    # (a warning that comes while python loads torch ends the run before it has a handler: that allocation resumes nothing)
-    assert 1 <= text.count("resuming from step ") <= len(allocations) - 1, text
-    assert slurm_output(workdir).count(f"requeueing Slurm job {job}_0") == len(allocations) - 1
+    starts = allocations.count("start")
+    assert allocations == ["start"] * starts + ["resume"] * (len(allocations) - starts) and len(allocations) > starts, allocations
+    # A warning that comes while python loads torch, before the script handles signals, ends the run at once: that
+    # allocation resumes nothing, and if it came before the first checkpoint the next one starts the run again.
+    output = slurm_output(workdir)
+    assert output.count("before its first checkpoint") == starts - 1, output
+    assert 1 <= text.count("resuming from step ") <= len(allocations) - starts, text
+    assert output.count(f"requeueing Slurm job {job}_0") == len(allocations) - 1, output
