@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sweeps the training scripts over variants x games x seeds, locally (N jobs at once) or as a Slurm array
 # job, and writes the report (sweep/plot_results.py). Finished runs are skipped and interrupted ones resume
-# from their checkpoints, so running the same command again resumes an interrupted sweep. `bash benchmark.sh --help` lists every flag.
+# from their checkpoints, so running the same command again resumes an interrupted sweep.
+# `bash benchmark.sh --help` lists every flag.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -74,7 +75,7 @@ EOF
 # the run exit without its checkpoint) or SIGUSR1, Slurm's warning before the time limit, after which the
 # task requeues itself on Slurm.
 run_task() {
-    local tasks="$1" index="$2" line name cmd run_dir total status start verb child="" signalled="" trapped=0 rc step
+    local tasks="$1" index="$2" line name cmd run_dir total status start verb child="" signalled="" trapped=0 rc step log_start
     [[ -f "$tasks" ]] || die "task list $tasks not found"
     line="$(sed -n "${index}p" "$tasks")"
     [[ -n "$line" ]] || die "task list $tasks has no line $index"
@@ -99,6 +100,7 @@ run_task() {
     mkdir -p "$run_dir"
     echo "[$index/$total] $verb $name"
     echo "# $(date '+%F %T') $verb on $(hostname)${SLURM_JOB_ID:+ (Slurm job $SLURM_JOB_ID)}: $cmd" >>"$run_dir/train.log"
+    log_start=$(wc -c <"$run_dir/train.log")  # where this allocation's output begins
     start=$SECONDS
     status=0
     trap 'signalled=${signalled:-TERM}; trapped=1; [[ -z "$child" ]] || kill -TERM "$child" 2>/dev/null || true' TERM INT
@@ -107,19 +109,19 @@ run_task() {
     (eval "${cmd/OMP_NUM_THREADS=/exec env OMP_NUM_THREADS=}") >>"$run_dir/train.log" 2>&1 </dev/null 9>&- &
     child=$!
     [[ -z "$signalled" ]] || kill -TERM "$child" 2>/dev/null || true  # a signal that came before the run started
-    while :; do  # a trapped signal ends `wait` early: wait again for the run's own exit status
+    while :; do  # a trapped signal ends `wait` early, with the signal's status: wait again for the run's own
         trapped=0
         wait "$child" && rc=0 || rc=$?
-        [[ $rc -eq 127 ]] || status=$rc  # 127: the run was waited for already (the signal came as it ended)
-        [[ $trapped -eq 1 && $rc -ne 127 ]] || break
+        [[ $trapped -eq 1 && $rc -gt 128 ]] || { status=$rc; break; }
     done
     trap - TERM INT USR1
-    if [[ $status -eq 0 && -f "$run_dir/done.json" ]]; then
+    # done.json, the run's last write, says it finished, whatever the status (127 when a signal came as it ended)
+    if [[ -f "$run_dir/done.json" ]]; then
         echo "[$index/$total] done  $name ($((SECONDS - start)) s)"
         return 0
     fi
     if [[ -n "$signalled" ]]; then
-        step="$(grep -o 'interrupted at step [0-9]*' "$run_dir/train.log" | tail -n 1 | grep -o '[0-9]*$')" || true
+        step="$(tail -c +"$((log_start + 1))" "$run_dir/train.log" | grep -o 'interrupted at step [0-9]*' | grep -o '[0-9]*$')" || true
         if [[ -f "$run_dir/checkpoint.pt" ]]; then
             echo "[$index/$total] interrupted $name${step:+ at step $step} ($((SECONDS - start)) s): its checkpoint resumes it"
         else

@@ -740,7 +740,7 @@ def restore(resume: dict, q_network: QNetwork, target_network: QNetwork, optimiz
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    interrupts = Interrupts()  # from here on a signal stops the run at the end of an iteration, with a checkpoint
+    interrupts = Interrupts()  # from here on a signal stops the run at the end of a step, with a checkpoint
     check_args(args)
     model_file = load_model(args.eval_model) if args.eval_model else None
     if model_file is not None:  # evaluate the saved model on the game and network it was trained with
@@ -849,7 +849,7 @@ if __name__ == "__main__":
 
         # TRY NOT TO MODIFY: start the game
         obs, info = envs.reset(seed=env_seed(args.seed, global_step))
-        rb.add(obs, episode_start=np.ones(n, dtype=bool))
+        rb.add(obs)
         episode_stats = EpisodeStats(n, info)
         fire_on_life_loss = FireOnLifeLoss(fire, info["lives"])
         start_time = time.time()

@@ -3,9 +3,12 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -48,14 +51,19 @@ def assert_progress_and_outputs(stdout: str, run_dir: Path, videos: bool):
     assert (f"videos in videos/{run_dir.name}/" in last) == videos, last
 
 
-def run_fails(script: str, *args: str, cwd: Path) -> str:
-    """Run a script that must stop with one clear line and a non-zero exit, writing no run directory; return that line."""
-    result = run_script(script, *args, cwd=cwd)
+def one_line_failure(result: subprocess.CompletedProcess) -> str:
+    """A run that stopped with one clear line on stderr and a non-zero exit; returns that line."""
     assert result.returncode != 0, result.stdout
-    assert not (cwd / "runs").exists(), "a failed start must not leave a run directory"
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
+
+
+def run_fails(script: str, *args: str, cwd: Path) -> str:
+    """Run a script that must stop with one clear line and a non-zero exit, writing no run directory; return that line."""
+    line = one_line_failure(run_script(script, *args, cwd=cwd))
+    assert not (cwd / "runs").exists(), "a failed start must not leave a run directory"
+    return line
 
 
 def assert_bad_model_files_rejected(script: str, algorithm: str, misfit: dict, workdir: Path):
@@ -151,8 +159,6 @@ class Background:
     """A training script running in the background, its output collected as it comes."""
 
     def __init__(self, script: str, *args: str, cwd: Path):
-        import threading
-
         self.process = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.out, self.err = [], []
@@ -163,8 +169,6 @@ class Background:
 
     def wait_for(self, ready, timeout: float = 300):
         """Until `ready()` holds; the script must still be running."""
-        import time
-
         deadline = time.time() + timeout
         while not ready():
             assert self.process.poll() is None, f"the script ended early:\n{''.join(self.out)[-3000:]}\n{''.join(self.err)[-3000:]}"
@@ -182,8 +186,6 @@ def interrupt(script: str, *args: str, cwd: Path, signals=(signal.SIGTERM,), rea
               between: float = 0.3) -> subprocess.CompletedProcess:
     """Run the script, send `signals` (`between` seconds apart) once `ready()` holds (default: its first progress line, the
     end of its first iteration) and `delay` seconds more; return what it did."""
-    import time
-
     run = Background(script, *args, cwd=cwd)
     run.wait_for(ready or (lambda: any(line.startswith("step ") for line in run.out)))
     time.sleep(delay)
@@ -210,12 +212,9 @@ def snapshot(folder: Path) -> dict:
 def run_fails_leaving(script: str, *args: str, cwd: Path, run_dir: Path) -> str:
     """Run a script that must stop with one clear line and a non-zero exit, leaving `run_dir` exactly as it was; return the line."""
     before = snapshot(run_dir)
-    result = run_script(script, *args, cwd=cwd)
-    assert result.returncode != 0, result.stdout
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    line = one_line_failure(run_script(script, *args, cwd=cwd))
     assert snapshot(run_dir) == before, "the run must be left as it was"
-    return lines[0]
+    return line
 
 
 def assert_steps_increase(scalars: dict):
@@ -234,8 +233,6 @@ def assert_interrupted_run_resumes(script: str, args: list, workdir: Path, ready
     was; the same command then resumes from that step and ends at exactly --total-timesteps with every TensorBoard tag's
     steps increasing; run again, it is a finished run; --eval-model takes the checkpoint. Returns the interruption's
     checkpoint, the scalars and the run dir."""
-    import shutil
-
     import torch
 
     args = [*args, "--run-name", RESUMED]
