@@ -6,7 +6,7 @@
 # (every 100k steps), so running this again resumes it. Stop it with `kill <pid>` (it passes SIGTERM to its runs,
 # which write their checkpoints). JOBS and THREADS (default 2 and 1) set how many runs go at once, with how many
 # torch threads each.
-# Usage: bash evidence/sweep.sh            then: bash evidence/report.sh
+# Usage: bash evidence/sweep.sh     then the report: python sweep/plot_results.py --runs-dir evidence/runs --out evidence/report
 set -euo pipefail
 [[ $# -eq 0 ]] || { echo "usage: bash evidence/sweep.sh (no arguments; JOBS=N THREADS=N in the environment)" >&2; exit 2; }
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
