@@ -5,13 +5,13 @@
 # Runs are written to evidence/runs/; finished ones are skipped and interrupted ones resume from their checkpoints
 # (every 100k steps), so running this again resumes it. Stop it with `kill <pid>` (it passes SIGTERM to its runs,
 # which write their checkpoints). JOBS and THREADS (default 2 and 1) set how many runs go at once, with how many
-# torch threads each.
+# torch threads each; DRY_RUN=1 prints the commands and runs nothing.
 # Usage: bash evidence/sweep.sh     then the report: python sweep/plot_results.py --runs-dir evidence/runs --out evidence/report
 set -euo pipefail
-[[ $# -eq 0 ]] || { echo "usage: bash evidence/sweep.sh (no arguments; JOBS=N THREADS=N in the environment)" >&2; exit 2; }
+[[ $# -eq 0 ]] || { echo "usage: bash evidence/sweep.sh (no arguments; JOBS=N, THREADS=N, DRY_RUN=1 in the environment)" >&2; exit 2; }
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 sweep=(bash "$HERE/../benchmark.sh" --games Breakout --total-timesteps 1000000 --jobs "${JOBS:-2}" --threads "${THREADS:-1}"
-       --runs-dir "$HERE/runs")
+       --runs-dir "$HERE/runs" ${DRY_RUN:+--dry-run})
 child=""
 trap '[[ -z "$child" ]] || kill -TERM "$child" 2>/dev/null; [[ -z "$child" ]] || wait "$child"; exit 143' TERM INT
 step() {  # one benchmark.sh sweep, in the background so that the trap above can pass a signal on to it
