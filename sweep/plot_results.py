@@ -1,27 +1,59 @@
 # Report of a benchmark.sh sweep: reads every run's TensorBoard events and config.json under runs/ (no W&B
-# account needed) and writes results.md (per game and variant: final return, human-normalised score, dead
-# fraction and srank; aggregate IQM and median human-normalised score with 95% stratified bootstrap
-# confidence intervals, after rliable), results.csv (one line per run) and PNG plots.
-# Usage: python sweep/plot_results.py [--runs-dir runs] [--out results]
+# account needed) and writes results.md (per game and group: final return, human-normalised score, representation
+# metrics at the end and at fixed steps, learning speed; aggregate IQM and median human-normalised score with 95%
+# stratified bootstrap confidence intervals, after rliable), results.csv (one line per run), representation.csv
+# (the metrics at fixed steps) and figures (PNG, and PDF beside each). Runs are seeds of one group only when
+# everything that changes what is learned is the same (see IGNORED_CONFIG_KEYS); the same runs give byte-identical
+# results.md, results.csv and representation.csv.
+# Usage: python sweep/plot_results.py [--runs-dir runs] [--out results] [--steps 250k,500k,1M]
 import argparse
+import ast
+import functools
 import json
 import math
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]  # the training scripts, whose Args defaults fill keys older configs lack
 RETURN_TAG = "charts/episodic_return"
 CURVES = {  # file suffix: (tag, axis label)
     "return": (RETURN_TAG, "episodic return"),
     "dead_fraction": ("representation/dead_fraction", "dead fraction (representation)"),
     "srank": ("representation/srank", "srank (representation)"),
+    "effective_rank": ("representation/effective_rank", "effective rank (representation)"),
+    "dormant_fraction": ("representation/dormant_fraction", "dormant fraction (representation)"),
 }
+STEP_METRICS = {"dead_fraction": 3, "effective_rank": 1, "srank": 1}  # the table at fixed steps: metric -> digits
+RUN_METRICS = ["dead_fraction", "srank", "effective_rank", "dormant_fraction"]  # results.csv: each run's last value
 VARIANT_ORDER = ["relu", "tanh", "tanh_hr", "tanh_pm"]  # the paper's comparison first, any other after
+ALGORITHM_ORDER = ["dqn", "ppo", "pqn"]
+
+# config.json keys that do not change what is learned: runs that differ only in these are seeds of one group.
+# Every other key (hyperparameters, budget, env id and sticky actions) splits groups. `repeat_action_probability`
+# (the flag, None when not given) is replaced by the sticky-action probability it resolves to; `algorithm`,
+# `variant` and `env_id` name the group anyway.
+IGNORED_CONFIG_KEYS = frozenset({
+    "seed", "run_name", "exp_name", "cuda", "track", "wandb_project_name", "wandb_entity", "wandb_id", "capture_video",
+    "save_model", "eval_episodes", "eval_epsilon", "eval_model", "eval_only", "env_threads", "checkpoint_interval",
+    "checkpoint_buffer", "keep_checkpoint", "compile", "torch_deterministic", "metrics_interval", "metrics_batch_size",
+    "device", "num_parameters", "algorithm", "variant", "env_id", "repeat_action_probability", "sticky_action_probability",
+})
+VARIANT_KEYS = frozenset({"activation", "hadamard", "param_matched", "representation_width"})  # spelled by the variant name
+# computed at start from num_envs, num_steps, num_minibatches and total_timesteps (DQN's batch_size is a hyperparameter)
+DERIVED_KEYS = {algorithm: {"batch_size", "minibatch_size", "num_iterations"} for algorithm in ("ppo", "pqn")}
+LABEL_ORDER = ["env_id", "sticky_action_probability", "total_timesteps", "learning_rate", "num_envs"]  # then by name
+
+# Readable names, and one colour and marker per variant in every figure; LINESTYLES tell settings of one variant apart.
+ACTIVATION_NAMES = {"relu": "ReLU", "tanh": "tanh", "gelu": "GELU", "sigmoid": "sigmoid"}
+VARIANT_STYLES = {"relu": ("#7f7f7f", "s"), "tanh": ("#d62728", "o"), "tanh_hr": ("#1f77b4", "D"), "tanh_pm": ("#ff7f0e", "^")}
+OTHER_STYLES = [("#2ca02c", "v"), ("#9467bd", "P"), ("#8c564b", "X"), ("#e377c2", "*"), ("#17becf", "p"), ("#bcbd22", "h")]
+LINESTYLES = ["-", "--", ":", "-."]
+BAND_LEVEL = "95% bootstrap CI"
 
 # Published random and human scores of the Atari-57 benchmark (Mnih et al. 2015; Badia et al. 2020), as in
 # rliable's and DQN Zoo's atari_data: game -> (random, human). A game not listed gets no normalised score.
@@ -80,6 +112,34 @@ def human_normalized(score: float, game: str) -> float:
     return (score - random_score) / (human_score - random_score)
 
 
+def sticky_action_probability(config: dict) -> float:
+    """The probability a run used: recorded by newer scripts; else the flag's value, else the scripts' default (0.25
+    for `ALE/<Game>-v5` ids, 0 otherwise)."""
+    for key in ("sticky_action_probability", "repeat_action_probability"):
+        if config.get(key) is not None:
+            return float(config[key])
+    return 0.25 if str(config.get("env_id", "")).startswith("ALE/") else 0.0
+
+
+@functools.lru_cache(maxsize=None)
+def script_defaults(script: str) -> dict:
+    """The literal defaults of a training script's Args: the value of a key that an older run's config.json lacks."""
+    path = ROOT / f"{script}.py"
+    if not re.fullmatch(r"\w+", script) or not path.is_file():
+        return {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == "Args":
+            defaults = {}
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.value is not None:
+                    try:
+                        defaults[item.target.id] = ast.literal_eval(item.value)
+                    except (ValueError, TypeError, SyntaxError):  # computed defaults (exp_name): not a setting
+                        pass
+            return defaults
+    return {}
+
+
 @dataclass
 class Run:
     name: str
@@ -88,7 +148,9 @@ class Run:
     env_id: str
     seed: int
     finished: bool
-    curves: dict = field(default_factory=dict)  # tag -> (steps, values), in logging order
+    curves: dict = field(default_factory=dict)  # tag -> (steps, values), by step
+    config: dict = field(default_factory=dict)
+    settings: tuple = ()  # ((key, JSON value), ...): everything that changes what is learned, see assign_settings
 
     @property
     def game(self) -> str:
@@ -107,13 +169,44 @@ class Run:
         steps, values = self.curves.get(tag, (None, np.zeros(0)))
         return float(values[-1]) if len(values) else math.nan
 
+    def at(self, tag: str, step: int) -> float:
+        """The last value of `tag` logged at or before `step`; NaN when none was logged within one metrics interval
+        before it (the run stopped logging, or the step is past its budget)."""
+        steps, values = self.curves.get(tag, (np.zeros(0, dtype=np.int64), np.zeros(0)))
+        interval = self.config.get("metrics_interval") or 50_000  # the scripts' default
+        i = np.searchsorted(steps, step, side="right") - 1
+        return float(values[i]) if i >= 0 and step - steps[i] < interval and step <= self.budget else math.nan
+
     @property
     def last_step(self) -> int:
         return max((int(steps[-1]) for steps, _ in self.curves.values() if len(steps)), default=0)
 
+    @property
+    def budget(self) -> int:
+        """total_timesteps from config.json; the last logged step for a config without it."""
+        budget = self.config.get("total_timesteps")
+        return int(budget) if isinstance(budget, (int, float)) and budget > 0 else self.last_step
+
+    def return_auc(self, bins: int = 100) -> float:
+        """Learning speed: the mean over `bins` equal step bins covering [0, budget] of the mean raw return of the
+        games that ended in each bin; a bin where no game ended takes the previous bin's value (leading ones the first
+        game's). A run that learns earlier scores higher. NaN when no game has finished."""
+        steps, returns = self.curves.get(RETURN_TAG, (np.zeros(0, dtype=np.int64), np.zeros(0)))
+        if not len(returns):
+            return math.nan
+        which = np.clip((steps * bins) // max(self.budget, 1), 0, bins - 1)
+        counts = np.bincount(which, minlength=bins)
+        sums = np.bincount(which, weights=returns, minlength=bins)
+        curve = np.full(bins, np.nan)
+        curve[counts > 0] = sums[counts > 0] / counts[counts > 0]
+        filled = np.maximum.accumulate(np.where(counts > 0, np.arange(bins), 0))  # index of the last bin with games
+        curve = curve[filled]
+        curve[np.isnan(curve)] = curve[np.argmax(counts > 0)]  # before the first game: the first game's value
+        return float(curve.mean())
+
 
 def read_scalars(run_dir: Path) -> dict:
-    """Every scalar in a run's TensorBoard events: {tag: (steps, values)}."""
+    """Every scalar in a run's TensorBoard events: {tag: (steps, values)}, by step (in logging order within one)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -121,15 +214,38 @@ def read_scalars(run_dir: Path) -> dict:
     curves = {}
     for tag in events.Tags()["scalars"]:
         scalars = events.Scalars(tag)
-        curves[tag] = (np.array([s.step for s in scalars], dtype=np.int64), np.array([s.value for s in scalars], dtype=np.float64))
+        steps = np.array([s.step for s in scalars], dtype=np.int64)
+        order = np.argsort(steps, kind="stable")
+        curves[tag] = (steps[order], np.array([s.value for s in scalars], dtype=np.float64)[order])
     return curves
+
+
+def env_form(env_id: str) -> str:
+    """`ALE/Breakout-v5` -> `ALE/<game>-v5`: what an env id says besides its game (the same across a sweep's games)."""
+    game = game_name(env_id)
+    return env_id.replace(game, "<game>", 1) if game != env_id else "<game>"
+
+
+def assign_settings(runs: list[Run]):
+    """Each run's settings: its config's keys that change what is learned, its env id's form and its sticky-action
+    probability. A key that some runs of an algorithm lack (configs written before it existed) reads as the script's
+    default, so that old and new runs of one setting stay one group."""
+    for algorithm in sorted({r.algorithm for r in runs}):
+        mine = [r for r in runs if r.algorithm == algorithm]
+        keys = sorted({k for r in mine for k in r.config} - IGNORED_CONFIG_KEYS)
+        for run in mine:
+            defaults = script_defaults(str(run.config.get("exp_name") or f"{algorithm}_atari_hadamard"))
+            values = {k: run.config[k] if k in run.config else defaults.get(k) for k in keys}
+            values["env_id"] = env_form(run.env_id)
+            values["sticky_action_probability"] = sticky_action_probability(run.config)
+            run.settings = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in values.items()))
 
 
 def load_runs(runs_dir: Path) -> tuple[list[Run], list[Run]]:
     """The finished training runs under `runs_dir` (one folder each, as the training scripts write them), and the
     unfinished ones (no `done.json`), which the report lists apart. An evaluation-only run (`--eval-model`) is
     no seed and is left out; a folder that is no usable run is one warning line and left out. No finished run,
-    or two finished runs of one algorithm, variant, game and seed, is an error."""
+    or two finished runs of one group (algorithm, variant, game, settings) and seed, is an error."""
     if not runs_dir.is_dir():
         fail(f"runs folder {runs_dir}/ not found: run benchmark.sh (or a training script) first")
     folders = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
@@ -147,6 +263,9 @@ def load_runs(runs_dir: Path) -> tuple[list[Run], list[Run]]:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             warn(f"{folder}: config.json is not valid JSON ({exc}): left out")
             continue
+        if not isinstance(config, dict):
+            warn(f"{folder}: config.json holds no settings: left out")
+            continue
         if config.get("eval_only"):
             warn(f"{folder}: an evaluation-only run (--eval-model), not a training run: left out")
             continue
@@ -160,20 +279,142 @@ def load_runs(runs_dir: Path) -> tuple[list[Run], list[Run]]:
         variant = config.get("variant") or (config.get("activation", "tanh") + ("_hr" if config.get("hadamard") else "")
                                             + ("_pm" if config.get("param_matched") else ""))
         runs.append(Run(folder.name, str(config.get("algorithm") or config.get("exp_name", "?")), variant,
-                        str(config.get("env_id", "?")), int(config.get("seed", 0)), (folder / "done.json").is_file(), curves))
+                        str(config.get("env_id", "?")), int(config.get("seed", 0)), (folder / "done.json").is_file(), curves,
+                        config))
     if not runs:
         fail(f"no run in {runs_dir}/ has TensorBoard events to report (see the warnings above)")
     finished = [r for r in runs if r.finished]
     if not finished:
         fail(f"no run in {runs_dir}/ has finished (done.json): {len(runs)} unfinished; report again when one has")
+    assign_settings(finished)
     seen = {}
     for run in finished:
-        key = (run.algorithm, run.variant, run.game, run.seed)
+        key = (run.algorithm, run.variant, run.game, run.settings, run.seed)
         if key in seen:
-            fail(f"{runs_dir / seen[key]} and {runs_dir / run.name} are both {run.algorithm} {run.variant} on {run.game} with seed "
-                 f"{run.seed}: move one out of {runs_dir}/ so that each seed counts once")
+            fail(f"{runs_dir / seen[key]} and {runs_dir / run.name} are both {run.algorithm} {run.variant} on {run.game} "
+                 f"with seed {run.seed} and the same settings: move one out of {runs_dir}/ so that each seed counts once")
         seen[key] = run.name
     return finished, [r for r in runs if not r.finished]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Groups: the runs of one algorithm, game, variant and settings, the seeds of one curve or table row.
+def steps_label(x: float, _=None) -> str:
+    """An environment-step count or tick: 0, 500, 250k, 1.5M (an empty panel's 0.2 stays 0.2, not 200m)."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
+
+
+def variant_label(variant: str, details=()) -> str:
+    """`tanh_hr` -> `tanh + HR`, `tanh_pm` with details ["lr 0.001"] -> `tanh (param-matched, lr 0.001)`."""
+    match = re.fullmatch(r"([a-z]+)(_hr)?(_pm)?", variant)
+    if not match:
+        name, qualifiers = variant, []
+    else:
+        name = ACTIVATION_NAMES.get(match[1], match[1]) + (" + HR" if match[2] else "")
+        qualifiers = ["param-matched"] if match[3] else []
+    qualifiers += list(details)
+    return f"{name} ({', '.join(qualifiers)})" if qualifiers else name
+
+
+def describe_setting(key: str, value_json: str) -> str:
+    value = json.loads(value_json)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "env_id":
+        return value
+    if key == "sticky_action_probability" and number:
+        return f"sticky {value:g}"
+    if key == "total_timesteps" and number:
+        return f"{steps_label(value)} steps"
+    if key == "learning_rate" and number:
+        return f"lr {value:g}"
+    if key == "num_envs" and number:
+        return f"{value} envs"
+    return f"{key} {value:g}" if number else f"{key} {value}"
+
+
+@dataclass
+class Group:
+    algorithm: str
+    game: str
+    variant: str
+    settings: tuple
+    runs: list
+    label: str = ""  # variant and how its settings differ from the algorithm's other groups, with this game's env id
+    series: str = ""  # the same across games: the env id as its form (`ALE/<game>-v5`)
+    details: list = field(default_factory=list)  # how its settings differ from the algorithm's reference
+    linestyle: str = "-"
+    speed: dict = field(default_factory=dict)  # learning_speed: return AUC and final return over its seeds
+
+    @property
+    def budget(self) -> int:
+        return max(r.budget for r in self.runs)
+
+
+def rank(value: str, order: list) -> int:
+    """The place of `value` in `order`; after all of them when it is not there."""
+    return order.index(value) if value in order else len(order)
+
+
+def label_groups(groups: list[Group]) -> list[str]:
+    """Name one algorithm's groups: the variant, and the settings where a group differs from the algorithm's reference
+    (each key's value in most runs), e.g. `tanh (lr 0.001)`; a derived key (PPO's batch_size) only where nothing else
+    tells two groups apart. Returns the reference values of the keys that differ, which the groups without a qualifier
+    have."""
+    settings = [dict(g.settings) for g in groups]
+    keys = sorted({k for s in settings for k in s}, key=lambda k: (rank(k, LABEL_ORDER), k))
+    varying = [k for k in keys if k not in VARIANT_KEYS and len({s.get(k) for s in settings}) > 1]
+    reference = {}
+    for key in varying:  # the value in most runs; ties to the first in JSON order, so that the same runs read the same
+        counts = {}
+        for group, setting in zip(groups, settings):
+            counts[setting.get(key)] = counts.get(setting.get(key), 0) + len(group.runs)
+        reference[key] = min(counts, key=lambda v: (-counts[v], str(v)))
+
+    def details(setting: dict, shown: list) -> list:
+        return [describe_setting(k, setting[k]) if k in setting else f"{k} n/a"
+                for k in shown if setting.get(k) != reference[k]]
+
+    def distinct(shown: list) -> bool:
+        return len({(g.game, g.variant, tuple(details(s, shown))) for g, s in zip(groups, settings)}) == len(groups)
+
+    shown = varying
+    for key in [k for k in varying if k in DERIVED_KEYS.get(groups[0].algorithm, ())]:
+        if distinct([k for k in shown if k != key]):
+            shown = [k for k in shown if k != key]
+    for group, setting in zip(groups, settings):
+        group.details = details(setting, shown)
+        group.series = variant_label(group.variant, group.details)
+        group.label = variant_label(group.variant, [d.replace("<game>", group.game) for d in group.details])
+    return [describe_setting(k, reference[k]) for k in shown if reference[k] is not None]
+
+
+def make_groups(runs: list[Run]) -> tuple[list[Group], dict]:
+    """The runs' groups, by algorithm, game, variant and settings, each group's runs by seed; and per algorithm the
+    reference settings (label_groups). Runs of one variant and game with different settings are separate groups, one
+    warning line each."""
+    by_key = {}
+    for run in sorted(runs, key=lambda r: (r.seed, r.name)):
+        by_key.setdefault((run.algorithm, run.game, run.variant, run.settings), []).append(run)
+    groups = sorted((Group(*key, members) for key, members in by_key.items()), key=lambda g: json.dumps(g.settings))
+    references = {a: label_groups([g for g in groups if g.algorithm == a]) for a in ordered(g.algorithm for g in groups)}
+    # the paper's order; within a variant the reference settings first, then by how the others differ
+    groups.sort(key=lambda g: (rank(g.algorithm, ALGORITHM_ORDER), g.algorithm, g.game, rank(g.variant, VARIANT_ORDER),
+                               g.variant, len(g.details), g.label))
+    series_of_variant = {}  # settings of one variant get their own line style, the same in every game
+    for group in groups:
+        seen = series_of_variant.setdefault((group.algorithm, group.variant), [])
+        if group.series not in seen:
+            seen.append(group.series)
+        group.linestyle = LINESTYLES[seen.index(group.series) % len(LINESTYLES)]
+    for (algorithm, game, variant) in dict.fromkeys((g.algorithm, g.game, g.variant) for g in groups):
+        split = [g.label for g in groups if (g.algorithm, g.game, g.variant) == (algorithm, game, variant)]
+        if len(split) > 1:
+            warn(f"{algorithm} {variant} on {game}: runs with different settings, reported as {len(split)} groups: "
+                 + "; ".join(split))
+    return groups, references
 
 
 def ordered(values, order=()) -> list:
@@ -193,6 +434,26 @@ def fmt(mean: float, std: float = math.nan, digits: int = 2) -> str:
     if not np.isfinite(mean):
         return "n/a"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if np.isfinite(std) else f"{mean:.{digits}f}"
+
+
+def interval_over_seeds(values, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Mean over seeds (the rows of `values`) and the interval drawn around it, with its name: for 3 seeds or more a
+    95% percentile-bootstrap confidence interval of the mean (seeds resampled with replacement, as rliable); for 2 seeds
+    their range (a bootstrap of two values is no confidence interval); for one seed none (NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = values.mean(axis=0)
+    if len(values) == 1:
+        return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan), ""
+    if len(values) == 2:
+        return mean, values.min(axis=0), values.max(axis=0), "range"
+    picks = np.random.default_rng(seed).integers(0, len(values), size=(reps, len(values)))
+    low, high = np.percentile(values[picks].mean(axis=1), [2.5, 97.5], axis=0)
+    return mean, low, high, BAND_LEVEL
+
+
+def seeds_legend(count: int, kind: str) -> str:
+    """`n=3, 95% bootstrap CI`, `n=2, range`, `n=1`."""
+    return f"n={count}, {kind}" if kind else f"n={count}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -249,7 +510,7 @@ class Aggregate:
 
 def aggregate(runs: list[Run], games: list[str], window: int, reps: int, seed: int, library) -> Aggregate:
     """IQM and median over the games with published scores, each with the same number of runs (the first
-    ones by seed where a game has more), of one algorithm and variant."""
+    ones by seed where a game has more), of one series: an algorithm, variant and settings across games."""
     normalised = [g for g in games if g in ATARI_SCORES]
     if not normalised:
         return Aggregate([], 0, note="no game with published human and random scores")
@@ -272,14 +533,19 @@ def aggregate(runs: list[Run], games: list[str], window: int, reps: int, seed: i
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Plots
-def variant_colors(variants: list[str]) -> dict:
+# Figures: each as PNG and PDF, without creation dates (the same runs give the same files).
+def variant_styles(variants) -> dict:
+    """variant -> (colour, marker): fixed for the paper's variants, in name order for any other."""
+    others = sorted(set(variants) - set(VARIANT_STYLES))
+    return {**VARIANT_STYLES, **{v: OTHER_STYLES[i % len(OTHER_STYLES)] for i, v in enumerate(others)}}
+
+
+def save_figure(fig, path: Path):
     import matplotlib.pyplot as plt
 
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    known = {v: cycle[i] for i, v in enumerate(VARIANT_ORDER)}
-    others = [v for v in variants if v not in known]
-    return {**known, **{v: cycle[(len(VARIANT_ORDER) + i) % len(cycle)] for i, v in enumerate(others)}}
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight", metadata={"CreationDate": None})
+    plt.close(fig)
 
 
 def run_curve(run: Run, tag: str, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -292,221 +558,354 @@ def run_curve(run: Run, tag: str, window: int) -> tuple[np.ndarray, np.ndarray]:
     return steps, values
 
 
-def band(curves: list, max_points: int = 400, reps: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over runs on the union of their steps (each run interpolated within its own range only) and a 95%
-    percentile-bootstrap confidence interval of that mean over the runs (as rliable; none where only one run is).
-    A bootstrap mean lies within the runs' own range, so a band of scores never goes below the lowest run."""
-    grid = np.unique(np.concatenate([steps for steps, _ in curves]))
+def band(curves: list, reps: int = 1000, seed: int = 0, max_points: int = 400):
+    """The mean over runs and its interval (interval_over_seeds) on the steps where every run has logged: from the
+    latest first step to where the shortest run ends (a mean that one run leaves would jump). Returns grid, mean,
+    low, high and the interval's name; an empty grid where the runs do not overlap."""
+    start, end = max(steps[0] for steps, _ in curves), min(steps[-1] for steps, _ in curves)
+    grid = np.unique(np.concatenate([steps[(steps >= start) & (steps <= end)] for steps, _ in curves]))
     if len(grid) > max_points:
-        grid = np.unique(np.concatenate([grid[np.linspace(0, len(grid) - 1, max_points).astype(int)]]))
-    stacked = np.full((len(curves), len(grid)), np.nan)
-    for i, (steps, values) in enumerate(curves):
-        inside = (grid >= steps[0]) & (grid <= steps[-1])
-        stacked[i, inside] = np.interp(grid[inside], steps, values)
-    count = np.isfinite(stacked).sum(axis=0)
-    keep = count > 0
-    grid, stacked, count = grid[keep], stacked[:, keep], count[keep]
-    mean = np.nanmean(stacked, axis=0)
-    low, high = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
-    several = count > 1
-    if several.any():
-        # resample the runs with replacement; where some runs have ended, among the present ones only
-        rng = np.random.default_rng(0)
-        present = stacked[:, several]
-        order = np.argsort(~np.isfinite(present), axis=0, kind="stable")  # the present runs first in each column
-        present = np.take_along_axis(present, order, axis=0)
-        picks = (rng.random((reps, len(curves), 1)) * count[several]).astype(int)  # reps x draws x columns, each below its count
-        samples = np.take_along_axis(np.broadcast_to(present, (reps, *present.shape)), picks, axis=1)
-        weights = np.arange(len(curves))[None, :, None] < count[several][None, None, :]  # draw count[column] of them
-        means = (np.where(weights, samples, 0.0).sum(axis=1)) / count[several]
-        low[several], high[several] = np.percentile(means, [2.5, 97.5], axis=0)
-    return grid, mean, low, high
+        grid = np.unique(grid[np.linspace(0, len(grid) - 1, max_points).astype(int)])
+    if not len(grid):
+        return grid, grid.astype(float), grid.astype(float), grid.astype(float), ""
+    stacked = np.array([np.interp(grid, steps, values) for steps, values in curves])
+    return (grid, *interval_over_seeds(stacked, reps, seed))
 
 
-MARKERS = "osD^v<>p"  # one per variant, so that points of several variants on one step stay visible
-
-
-def steps_label(x: float, _=None) -> str:
-    """An environment-step tick: 0, 500, 250k, 1.5M (an empty panel's 0.2 stays 0.2, not 200m)."""
-    for scale, suffix in ((1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:g}{suffix}"
-    return f"{x:g}"
-
-
-def plot_curves(runs: list[Run], tag: str, label: str, title: str, path: Path, window: int, colors: dict):
+def panel_grid(count: int, width: float, height: float, ncols: int = 3):
     import matplotlib.pyplot as plt
+
+    ncols = max(1, min(count, ncols))
+    nrows = max(1, math.ceil(count / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax in list(axes.flat)[count:]:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
+def plot_curves(groups: list[Group], tag: str, label: str, title: str, path: Path, window: int, styles: dict, reps: int,
+                seed: int):
+    """One panel per game: each group's mean over seeds against environment steps, cut where its shortest seed ends,
+    with its band (bootstrap CI for 3+ seeds, range for 2, none for 1), named in the legend with n."""
     from matplotlib.ticker import FuncFormatter
 
-    games = ordered(r.game for r in runs)
-    variants = ordered((r.variant for r in runs), VARIANT_ORDER)
-    ncols = min(len(games), 3)
-    nrows = math.ceil(len(games) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
-    handles = {}
-    for ax, game in zip(axes.flat, games):
+    games = ordered(g.game for g in groups)
+    fig, axes = panel_grid(len(games), 6.0, 4.2)
+    fraction = "fraction" in tag
+    for ax, game in zip(axes, games):
         drawn = False
-        for variant in variants:
-            curves = [run_curve(r, tag, window) for r in runs if r.game == game and r.variant == variant]
-            curves = [c for c in curves if len(c[0])]
+        for group in (g for g in groups if g.game == game):
+            curves = [c for c in (run_curve(r, tag, window) for r in group.runs) if len(c[0])]
             if not curves:
                 continue
-            grid, mean, low, high = band(curves)
-            if "fraction" in tag:
-                low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
-            few = len(grid) < 20
-            marker = MARKERS[variants.index(variant) % len(MARKERS)] if few else None
-            (line,) = ax.plot(grid, mean, color=colors[variant], marker=marker, markersize=6, markerfacecolor="none",
-                              label=f"{variant} ({len(curves)})")
-            ax.fill_between(grid, low, high, color=colors[variant], alpha=0.2, linewidth=0)
-            handles[variant] = line
+            grid, mean, low, high, kind = band(curves, reps, seed)
+            if not len(grid):
+                continue
+            color, marker = styles[group.variant]
+            every = max(1, len(grid) // 8)  # markers tell variants apart in grey print; staggered so they do not overlap
+            offset = (rank(group.variant, VARIANT_ORDER) * every // 5) % every
+            ax.plot(grid, mean, color=color, linestyle=group.linestyle, marker=marker, markevery=(offset, every), markersize=5,
+                    markerfacecolor="white", linewidth=1.6, clip_on=not fraction, zorder=3,
+                    label=f"{group.label} ({seeds_legend(len(curves), kind)})")
+            if kind:
+                if fraction:
+                    low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+                ax.fill_between(grid, low, high, color=color, alpha=0.18, linewidth=0)
             drawn = True
-        if not drawn:
+        if drawn:  # under the panel: inside, it hides the curves
+            ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.26), frameon=False)
+        else:
             ax.text(0.5, 0.5, "no finished game yet" if tag == RETURN_TAG else f"no {tag} logged",
                     ha="center", va="center", transform=ax.transAxes, color="gray")
+        if fraction:
+            ax.set_ylim(0.0, 1.0)
         ax.set_title(game)
         ax.set_xlabel("environment steps")
         ax.xaxis.set_major_formatter(FuncFormatter(steps_label))  # 250k, 10M: full numbers run into each other
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(games):]:
-        ax.axis("off")
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles), frameon=False,
-                   bbox_to_anchor=(0.5, 1.0))
-    fig.suptitle(title, y=1.06 if handles else 1.0)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def plot_aggregates(aggregates: dict, path: Path, colors: dict):
-    """IQM and median human-normalised score with 95% CIs, one row per (algorithm, variant); n/a rows labelled."""
+def plot_intervals(rows: list, panels: list, legend: tuple, path: Path, title: str, separators=()):
+    """Points with interval bars, one row per entry and one panel per measure. `rows`: (label, colour, marker);
+    `panels`: (panel title, x label, [(point, low, high) per row]); `legend`: what the point and the bar are;
+    `separators`: the rows above which a line is drawn."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    keys = list(aggregates)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 * len(keys) + 1.5), squeeze=False)
-    for col, (ax, name) in enumerate(zip(axes[0], ["IQM", "Median"])):
-        for row, key in enumerate(keys):
-            agg = aggregates[key]
-            if agg.points is None:
-                ax.text(0.0, row, " n/a", va="center", color="gray", transform=ax.get_yaxis_transform())
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.42 * len(rows) + 1.6), squeeze=False)
+    for col, (ax, (name, xlabel, values)) in enumerate(zip(axes[0], panels)):
+        for i, ((_, color, marker), (point, low, high)) in enumerate(zip(rows, values)):
+            if not np.isfinite(point):
+                ax.text(0.02, i, "n/a", va="center", color="gray", transform=ax.get_yaxis_transform())
                 continue
-            point, low, high = agg.points[col], agg.intervals[0, col], agg.intervals[1, col]
-            ax.barh(row, high - low, left=low, height=0.6, color=colors[key[1]], alpha=0.5)
-            ax.plot([point, point], [row - 0.3, row + 0.3], color="black", linewidth=1.5)
-        ax.set_yticks(range(len(keys)))
-        ax.set_yticklabels([f"{a} {v}" for a, v in keys] if col == 0 else [])
-        ax.set_ylim(-1.0, len(keys))  # a row's margin on both sides: no bar sits on the frame
-        ends = [agg.intervals[:, col] for agg in aggregates.values() if agg.points is not None]
-        if ends:  # and a margin left and right of the widest interval
-            low, high = min(e[0] for e in ends), max(e[1] for e in ends)
-            pad = 0.08 * (high - low) if high > low else 0.1
-            ax.set_xlim(low - pad, high + pad)
-        for row in range(1, len(keys)):
-            if keys[row][0] != keys[row - 1][0]:  # a line between algorithms
-                ax.axhline(row - 0.5, color="gray", linewidth=0.8)
-        ax.invert_yaxis()
-        ax.set_xlabel("human-normalised score")
-        ax.set_title(f"{name} (95% CI)")
+            if np.isfinite(low):
+                ax.plot([low, high], [i, i], color=color, linewidth=6, alpha=0.35, solid_capstyle="butt")
+            ax.plot([point], [i], color=color, marker=marker, markersize=7, markeredgecolor="black", linestyle="none")
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([label for label, _, _ in rows] if col == 0 else [])
+        ax.set_ylim(len(rows) - 0.4, -0.6)  # the first row on top, a margin on both sides
+        for row in separators:
+            ax.axhline(row - 0.5, color="gray", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_title(name)
         ax.grid(axis="x", alpha=0.3)
+    handles = [Line2D([], [], color="gray", marker="o", markeredgecolor="black", linestyle="none", label=legend[0]),
+               Line2D([], [], color="gray", linewidth=6, alpha=0.35, label=legend[1])]
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_learning_speed(groups: list[Group], path: Path, styles: dict, window: int):
+    """Two panels: return AUC (learning speed) and final return per group, mean over seeds with its interval."""
+    several_games = len({g.game for g in groups}) > 1
+    rows = [(f"{g.game}: " * several_games + f"{g.label} (n={g.speed['n']})", *styles[g.variant]) for g in groups]
+    panels = [("learning speed", "return AUC: mean return over [0, budget]", [g.speed["auc"] for g in groups]),
+              ("final return", f"mean return of the last {window} games", [g.speed["final"] for g in groups])]
+    legend = ("mean over seeds", f"{BAND_LEVEL} over seeds (n≥3), their range (n=2), none (n=1)")
+    separators = [i for i in range(1, len(groups)) if groups[i].game != groups[i - 1].game]  # between games
+    plot_intervals(rows, panels, legend, path, f"{groups[0].algorithm}: learning speed and final return", separators)
+
+
+def plot_aggregates(aggregates: dict, path: Path, styles: dict, budget: int):
+    """IQM and median human-normalised score with 95% stratified bootstrap CIs, one row per (algorithm, series)."""
+    rows, values = [], ([], [])
+    for (algorithm, series, variant), agg in aggregates.items():
+        rows.append((f"{algorithm} {series} (n={agg.runs_per_game} per game)" if agg.points is not None
+                     else f"{algorithm} {series}", *styles[variant]))
+        for col in range(2):
+            values[col].append((agg.points[col], agg.intervals[0, col], agg.intervals[1, col]) if agg.points is not None
+                               else (math.nan, math.nan, math.nan))
+    panels = [(name, "human-normalised score", values[col]) for col, name in enumerate(["IQM", "Median"])]
+    legend = ("point estimate", "95% stratified bootstrap CI (rliable)")
+    keys = list(aggregates)
+    separators = [i for i in range(1, len(keys)) if keys[i][0] != keys[i - 1][0]]  # between algorithms
+    title = f"aggregate human-normalised score, runs at {steps_label(budget)} steps"
+    plot_intervals(rows, panels, legend, path, title, separators)
 
 
 # ----------------------------------------------------------------------------------------------------------
-def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: int, seed: int, unfinished: list[Run] = ()) -> str:
+# The report
+DEFAULT_STEPS = "250k,500k,1M"
+
+
+def parse_steps(text: str) -> list[int]:
+    """`250k,500k,1M` -> [250000, 500000, 1000000]."""
+    steps = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", part)
+        if not match or float(match[1]) <= 0:
+            fail(f"--steps: {part.strip()!r} is no positive step count (expected e.g. {DEFAULT_STEPS})")
+        steps.append(int(round(float(match[1]) * {"": 1, "k": 1e3, "m": 1e6}[match[2].lower()])))
+    return sorted(set(steps))
+
+
+def csv_text(header: list, rows: list) -> str:
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if isinstance(v, float) and not np.isfinite(v) else f"{v:.6g}" if isinstance(v, float) else v
+                         for v in row])
+    return text.getvalue()
+
+
+def fmt_interval(values: tuple, digits: int = 1) -> str:
+    """`12.3 [10.1, 14.0]` (an interval), `12.3` (one seed), `n/a`."""
+    point, low, high = values
+    if not np.isfinite(point):
+        return "n/a"
+    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]" if np.isfinite(low) else f"{point:.{digits}f}"
+
+
+def learning_speed(group: Group, window: int, reps: int, seed: int) -> dict:
+    """Return AUC and final return of a group: mean over the seeds that finished a game, with their interval."""
+    result = {"n": 0, "kind": ""}
+    for key, measure in (("auc", lambda r: r.return_auc()), ("final", lambda r: r.final_return(window))):
+        values = [v for v in (measure(r) for r in group.runs) if np.isfinite(v)]
+        if values:
+            mean, low, high, kind = interval_over_seeds(np.array(values)[:, None], reps, seed)
+            result.update({key: (float(mean[0]), float(low[0]), float(high[0])), "n": len(values), "kind": kind})
+        else:
+            result[key] = (math.nan, math.nan, math.nan)
+    return result
+
+
+def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: int, seed: int, unfinished: list[Run] = (),
+                 steps: Optional[list[int]] = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
+    steps = parse_steps(DEFAULT_STEPS) if steps is None else steps
     out.mkdir(parents=True, exist_ok=True)
     library, method = bootstrap_method()
-    colors = variant_colors(ordered(r.variant for r in runs))
-    algorithms = ordered((r.algorithm for r in runs), ["dqn", "ppo", "pqn"])
+    groups, references = make_groups(runs)
+    styles = variant_styles(r.variant for r in runs)
+    algorithms = ordered(g.algorithm for g in groups)
     no_games = [r.name for r in runs if not len(r.returns)]
+    for group in groups:
+        group.speed = learning_speed(group, window, reps, seed)
 
     lines = [
         "# Results",
         "",
-        f"{len(runs)} finished runs from `{runs_dir}/`, written {time.strftime('%Y-%m-%d %H:%M')} by `plot_results.py`."
-        + (f" {len(unfinished)} unfinished runs (no `done.json`) are listed at the end, in no table or plot." if unfinished else ""),
+        f"{len(runs)} finished runs from `{runs_dir.resolve().name}/`, by `plot_results.py`."
+        + (f" {len(unfinished)} unfinished runs (no `done.json`) are listed at the end, in no table or plot."
+           if unfinished else ""),
         "",
+        "- **groups**: runs are seeds of one group when they share algorithm, variant, env id and sticky-action probability, "
+        "budget (total_timesteps) and every hyperparameter in config.json (all keys but bookkeeping such as seed, run name, "
+        "logging, checkpointing and evaluation); groups of one variant that differ are named by how they differ, e.g. "
+        "`tanh (lr 0.001)`.",
         f"- **return**: each run's mean raw game score over its last {window} finished games (`{RETURN_TAG}`), "
         "then mean ± standard deviation over seeds.",
         "- **HNS**: human-normalised score `(return - random) / (human - random)` with the published Atari-57 random "
         "and human scores (Mnih et al. 2015), per run, then mean ± standard deviation over seeds.",
         "- **dead fraction**, **srank**: the representation's last logged `representation/dead_fraction` and "
         "`representation/srank`, mean ± standard deviation over seeds.",
+        "- **representation at fixed steps**: each run's last value logged at or before the step (n/a when it logged none "
+        "within one metrics interval before it), then mean ± standard deviation (sample, n-1) over seeds; min and max over "
+        "seeds in `representation.csv`. Steps past a group's budget are left out.",
+        "- **return AUC** (learning speed): the area under a run's return curve divided by its budget: [0, total_timesteps] "
+        "is cut into 100 equal step bins, each bin holds the mean raw return of the games that ended in it (a bin where no "
+        "game ended takes the previous bin's value, bins before the first game the first game's), and the AUC is the mean "
+        "of the 100 bins. A run that learns earlier scores higher.",
+        f"- **intervals over seeds** (learning speed, curve bands): for 3 seeds or more a {BAND_LEVEL} of the mean (seeds "
+        f"resampled with replacement, {reps} resamples, percentile interval); for 2 seeds their range; for 1 seed none. "
+        "Curves are the mean over seeds, cut where the shortest seed ends; the return curve is each run's mean of the last "
+        f"{window} games at each finished game.",
         f"- **aggregates**: IQM and median of the runs' HNS over games, with 95% stratified bootstrap confidence "
         f"intervals ({reps} resamples; {method}).",
         "",
     ]
-    aggregates = {}
-    csv_rows = []
+    aggregates = {}  # (algorithm, series, variant) -> Aggregate
+    aggregate_budgets = {}  # the same key -> budget
+    run_rows, step_rows = [], []
+    figure_count = 0
     for algorithm in algorithms:
-        alg_runs = [r for r in runs if r.algorithm == algorithm]
-        games = ordered(r.game for r in alg_runs)
-        variants = ordered((r.variant for r in alg_runs), VARIANT_ORDER)
-        lines += [f"## {algorithm}", "", "| game | variant | runs | steps | return | HNS | dead fraction | srank |",
+        mine = [g for g in groups if g.algorithm == algorithm]
+        games = ordered(g.game for g in mine)
+        lines += [f"## {algorithm}", ""]
+        if references[algorithm]:
+            reference = ", ".join(references[algorithm])
+            reference = reference.replace("<game>", games[0]) if len(games) == 1 else reference
+            lines += [f"Runs differ in settings: a group named without them has {reference}; "
+                      "the others name where they differ from that.", ""]
+        lines += ["| game | variant | runs | steps | return | HNS | dead fraction | srank |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for game in games:
-            for variant in variants:
-                group = sorted((r for r in alg_runs if r.game == game and r.variant == variant), key=lambda r: r.seed)
-                if not group:
-                    continue
-                returns = [r.final_return(window) for r in group]
-                ret_mean, ret_std, played = mean_std(returns)
-                hns = fmt(*mean_std([human_normalized(x, game) for x in returns])[:2], digits=3) if game in ATARI_SCORES else "n/a (no published scores)"
-                ret = fmt(ret_mean, ret_std, 1)
-                if played < len(group):
-                    ret += f" ({len(group) - played} of {len(group)} runs finished no game)" if played else " (no finished game yet)"
-                dead = fmt(*mean_std([r.last(CURVES["dead_fraction"][0]) for r in group])[:2], digits=3)
-                srank = fmt(*mean_std([r.last(CURVES["srank"][0]) for r in group])[:2], digits=1)
-                steps = f"{int(np.mean([r.last_step for r in group])):,}"
-                lines.append(f"| {game} | {variant} | {len(group)} | {steps} | {ret} | {hns} | {dead} | {srank} |")
-                for r in group:
-                    csv_rows.append([r.name, algorithm, variant, game, r.seed, int(r.finished), r.last_step, len(r.returns),
-                                     r.final_return(window), human_normalized(r.final_return(window), game),
-                                     r.last(CURVES["dead_fraction"][0]), r.last(CURVES["srank"][0])])
+        for group in mine:
+            game, members = group.game, group.runs
+            returns = [r.final_return(window) for r in members]
+            ret_mean, ret_std, played = mean_std(returns)
+            hns = (fmt(*mean_std([human_normalized(x, game) for x in returns])[:2], digits=3) if game in ATARI_SCORES
+                   else "n/a (no published scores)")
+            ret = fmt(ret_mean, ret_std, 1)
+            if played < len(members):
+                ret += (f" ({len(members) - played} of {len(members)} runs finished no game)" if played
+                        else " (no finished game yet)")
+            dead = fmt(*mean_std([r.last(CURVES["dead_fraction"][0]) for r in members])[:2], digits=3)
+            srank = fmt(*mean_std([r.last(CURVES["srank"][0]) for r in members])[:2], digits=1)
+            last_steps = f"{int(np.mean([r.last_step for r in members])):,}"
+            lines.append(f"| {game} | {group.label} | {len(members)} | {last_steps} | {ret} | {hns} | {dead} | {srank} |")
+            sticky = json.loads(dict(group.settings)["sticky_action_probability"])
+            for r in members:
+                run_rows.append([r.name, algorithm, r.variant, group.label, game, r.env_id, sticky, r.budget, r.seed,
+                                 int(r.finished), r.last_step, len(r.returns), r.final_return(window),
+                                 human_normalized(r.final_return(window), game), r.return_auc(),
+                                 *(r.last(CURVES[name][0]) for name in RUN_METRICS)])
+
+        names = [name.replace("_", " ") for name in STEP_METRICS]
+        lines += ["", "Representation at fixed steps (mean ± std over seeds):", "",
+                  f"| game | variant | step | runs | {' | '.join(names)} |", "| --- " * (4 + len(names)) + "|"]
+        for group in mine:
+            for step in (s for s in steps if s <= group.budget):
+                cells = []
+                for name, digits in STEP_METRICS.items():
+                    values = [r.at(CURVES[name][0], step) for r in group.runs]
+                    mean, std, count = mean_std(values)
+                    finite = [v for v in values if np.isfinite(v)]
+                    step_rows.append([algorithm, group.game, group.variant, group.label, step, name, count, mean, std,
+                                      min(finite, default=math.nan), max(finite, default=math.nan)])
+                    # a run that logged no value near the step is left out of its mean: say so
+                    fewer = f" ({count} of {len(values)} runs)" if 0 < count < len(values) else ""
+                    cells.append(fmt(mean, std, digits) + fewer)
+                lines.append(f"| {group.game} | {group.label} | {steps_label(step)} | {len(group.runs)} | "
+                             + " | ".join(cells) + " |")
+        if not any(s <= g.budget for g in mine for s in steps):
+            lines.append(f"| (no group reached {steps_label(steps[0])} steps) |" + " |" * (3 + len(names)))
+
+        lines += ["", "Learning speed: return AUC and final return, mean over seeds [interval: "
+                  f"{BAND_LEVEL} for 3+ seeds, range for 2]:", "",
+                  "| game | variant | runs | return AUC | final return | interval |", "| --- | --- | --- | --- | --- | --- |"]
+        for group in mine:
+            stats = group.speed
+            lines.append(f"| {group.game} | {group.label} | {stats['n']} | {fmt_interval(stats['auc'])} | "
+                         f"{fmt_interval(stats['final'])} | {stats['kind'] or 'none (1 seed)' if stats['n'] else 'n/a'} |")
+
         unknown = [g for g in games if g not in ATARI_SCORES]
         lines += ["", f"Aggregate human-normalised score over {', '.join(g for g in games if g in ATARI_SCORES) or 'no game'}"
                   + (f" ({', '.join(unknown)} left out: no published human and random scores)" if unknown else "") + ":", "",
                   "| variant | runs per game | IQM [95% CI] | median [95% CI] | note |", "| --- | --- | --- | --- | --- |"]
-        for i, variant in enumerate(variants):
-            agg = aggregate([r for r in alg_runs if r.variant == variant], games, window, reps, seed + i, library)
-            aggregates[(algorithm, variant)] = agg
+        series = {}  # (variant, settings) -> its groups across games
+        for group in mine:
+            series.setdefault((group.variant, group.settings), []).append(group)
+        for i, members in enumerate(series.values()):
+            agg = aggregate([r for g in members for r in g.runs], games, window, reps, seed + i, library)
+            key = (algorithm, members[0].series, members[0].variant)
+            aggregates[key], aggregate_budgets[key] = agg, max(g.budget for g in members)
             if agg.points is None:
-                lines.append(f"| {variant} | {agg.runs_per_game or '-'} | n/a | n/a | {agg.note} |")
+                lines.append(f"| {key[1]} | {agg.runs_per_game or '-'} | n/a | n/a | {agg.note} |")
             else:
                 (iqm, median), (low, high) = agg.points, agg.intervals
-                lines.append(f"| {variant} | {agg.runs_per_game} | {iqm:.3f} [{low[0]:.3f}, {high[0]:.3f}] | "
+                lines.append(f"| {key[1]} | {agg.runs_per_game} | {iqm:.3f} [{low[0]:.3f}, {high[0]:.3f}] | "
                              f"{median:.3f} [{low[1]:.3f}, {high[1]:.3f}] | {agg.note} |")
         lines.append("")
         for suffix, (tag, label) in CURVES.items():
             name = f"{algorithm}_{suffix}.png"
             smoothing = f", mean of the last {window} games" if tag == RETURN_TAG else ""
-            plot_curves(alg_runs, tag, label, f"{algorithm}: {label}{smoothing} (mean and 95% CI over seeds)", out / name, window, colors)
+            title = f"{algorithm}: {label}{smoothing}, mean over seeds"
+            plot_curves(mine, tag, label, title, out / name, window, styles, reps, seed)
             lines.append(f"![{algorithm} {suffix}]({name})")
-        lines.append("")
+        plot_learning_speed(mine, out / f"{algorithm}_learning_speed.png", styles, window)
+        lines += [f"![{algorithm} learning speed]({algorithm}_learning_speed.png)", ""]
+        figure_count += len(CURVES) + 1
 
-    plot_aggregates(aggregates, out / "aggregate_iqm.png", colors)
-    lines += ["## Aggregates", "", "![aggregate IQM and median](aggregate_iqm.png)", ""]
+    # one aggregate figure per budget (IQMs at different budgets are not comparable): the most common one first
+    budgets = sorted(set(aggregate_budgets.values()), key=lambda b: (-list(aggregate_budgets.values()).count(b), -b))
+    lines += ["## Aggregates", ""]
+    for i, budget in enumerate(budgets):
+        name = "aggregate_iqm.png" if i == 0 else f"aggregate_iqm_{steps_label(budget)}.png"
+        plot_aggregates({k: a for k, a in aggregates.items() if aggregate_budgets[k] == budget}, out / name, styles, budget)
+        lines += [f"Runs at {steps_label(budget)} steps:", "",
+                  f"![aggregate IQM and median, {steps_label(budget)} steps]({name})", ""]
+        figure_count += 1
     if no_games:
         lines += ["## Notes", "", f"{len(no_games)} of {len(runs)} runs finished no game (budget too small for a whole game): "
                   "their return is n/a, left out of the means and aggregates; their metric curves are still plotted.", ""]
     if unfinished:
-        lines += ["## Unfinished runs", "", "Not in any table or plot above (no `done.json`: running, interrupted or failed):", "",
+        lines += ["## Unfinished runs", "",
+                  "Not in any table or plot above (no `done.json`: running, interrupted or failed):", "",
                   "| run | algorithm | variant | game | seed | last step logged |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r.name} | {r.algorithm} | {r.variant} | {r.game} | {r.seed} | {r.last_step:,} |" for r in unfinished]
+        lines += [f"| {r.name} | {r.algorithm} | {variant_label(r.variant)} | {r.game} | {r.seed} | {r.last_step:,} |"
+                  for r in unfinished]
         lines.append("")
     (out / "results.md").write_text("\n".join(lines))
-
-    header = "run,algorithm,variant,game,seed,finished,steps,games,final_return,hns,dead_fraction,srank"
-    body = [",".join("" if isinstance(v, float) and not np.isfinite(v) else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row)
-            for row in csv_rows]
-    (out / "results.csv").write_text("\n".join([header, *body]) + "\n")
-    summary = f"report: {len(runs)} finished runs -> {out}/results.md, results.csv and {3 * len(algorithms) + 1} plots"
+    (out / "results.csv").write_text(csv_text(
+        ["run", "algorithm", "variant", "group", "game", "env_id", "sticky_action_probability", "budget", "seed", "finished",
+         "steps", "games", "final_return", "hns", "return_auc", *RUN_METRICS],
+        run_rows))
+    (out / "representation.csv").write_text(csv_text(
+        ["algorithm", "game", "variant", "group", "step", "metric", "runs", "mean", "std", "min", "max"], step_rows))
+    summary = (f"report: {len(runs)} finished runs in {len(groups)} groups -> {out}/results.md, results.csv, "
+               f"representation.csv and {figure_count} figures (PNG and PDF)")
     if unfinished:
         summary += f" ({len(unfinished)} unfinished runs listed apart)"
     if no_games:
@@ -515,17 +914,24 @@ def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Tables and plots of the runs under runs/ (TensorBoard events and config.json).")
+    parser = argparse.ArgumentParser(
+        description="Tables and plots of the runs under runs/ (TensorBoard events and config.json).")
     parser.add_argument("--runs-dir", default="runs", help="the folder holding one folder per run (default: runs)")
-    parser.add_argument("--out", default="results", help="where results.md, results.csv and the PNGs go (default: results)")
-    parser.add_argument("--window", type=int, default=100, help="the number of last games a run's final return averages (default: 100)")
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the confidence intervals (default: 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    parser.add_argument("--out", default="results",
+                        help="where results.md, the csv files and the figures go (default: results)")
+    parser.add_argument("--window", type=int, default=100,
+                        help="the number of last games a run's final return averages (default: 100)")
+    parser.add_argument("--reps", type=int, default=2000,
+                        help="bootstrap resamples of the confidence intervals (default: 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstraps (default: 0)")
+    parser.add_argument("--steps", default=DEFAULT_STEPS,
+                        help=f"the environment steps of the representation table, comma-separated (default: {DEFAULT_STEPS})")
     args = parser.parse_args(argv)
     if args.window <= 0 or args.reps <= 0:
         fail("--window and --reps must be positive")
+    steps = parse_steps(args.steps)
     runs, unfinished = load_runs(Path(args.runs_dir))
-    print(write_report(runs, Path(args.runs_dir), Path(args.out), args.window, args.reps, args.seed, unfinished))
+    print(write_report(runs, Path(args.runs_dir), Path(args.out), args.window, args.reps, args.seed, unfinished, steps))
 
 
 if __name__ == "__main__":

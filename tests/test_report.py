@@ -16,36 +16,42 @@ sys.path.insert(0, str(ROOT / "sweep"))
 import plot_results  # noqa: E402
 
 
-def make_run(runs_dir: Path, algorithm: str, variant: str, env_id: str, seed: int, returns=(), dead=(0.1, 0.2),
-             srank=(100.0, 80.0), done=True) -> Path:
+def make_run(runs_dir: Path, algorithm: str, variant: str, env_id: str = "BreakoutNoFrameskip-v4", seed: int = 1, returns=(),
+             dead=(0.1, 0.2), srank=(100.0, 80.0), done=True, game_every: int = 100, metric_every: int = 1000, name: str = "",
+             **config) -> Path:
+    """A run folder as the training scripts write it: real TensorBoard events (a game every `game_every` steps, the
+    metrics every `metric_every` steps from 0), config.json (`config` adds keys) and done.json."""
     from torch.utils.tensorboard import SummaryWriter
 
-    run_dir = runs_dir / f"{env_id.replace('/', '-')}__{algorithm}__{variant}__{seed}"
+    run_dir = runs_dir / (name or f"{env_id.replace('/', '-')}__{algorithm}__{variant}__{seed}")
     writer = SummaryWriter(str(run_dir))
     for i, value in enumerate(returns):
-        writer.add_scalar("charts/episodic_return", value, 100 * (i + 1))
+        writer.add_scalar("charts/episodic_return", value, game_every * (i + 1))
     for i, (d, s) in enumerate(zip(dead, srank)):
-        writer.add_scalar("representation/dead_fraction", d, 1000 * i)
-        writer.add_scalar("representation/srank", s, 1000 * i)
+        writer.add_scalar("representation/dead_fraction", d, metric_every * i)
+        writer.add_scalar("representation/srank", s, metric_every * i)
+        writer.add_scalar("representation/effective_rank", 2 * s, metric_every * i)
     writer.close()
-    (run_dir / "config.json").write_text(json.dumps({"algorithm": algorithm, "variant": variant, "env_id": env_id, "seed": seed}))
+    config = {"algorithm": algorithm, "variant": variant, "env_id": env_id, "seed": seed, **config}
+    (run_dir / "config.json").write_text(json.dumps(config))
     if done:
         (run_dir / "done.json").write_text("{}")
     return run_dir
 
 
-def report(runs_dir: Path, out: Path, capsys) -> tuple[str, str]:
+def report(runs_dir: Path, out: Path, capsys, *flags: str) -> tuple[str, str]:
     """Run the report in this process; return results.md and what it printed on stderr."""
-    plot_results.main(["--runs-dir", str(runs_dir), "--out", str(out), "--reps", "500"])
+    plot_results.main(["--runs-dir", str(runs_dir), "--out", str(out), "--reps", "500", *flags])
     captured = capsys.readouterr()
     assert "report:" in captured.out
     return (out / "results.md").read_text(), captured.err
 
 
 def row(markdown: str, game: str, variant: str) -> list[str]:
+    """The first table row of `game` and `variant`: a variant id (`tanh_hr`, shown as `tanh + HR`) or a group's label."""
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[:2] == [game, variant]:
+        if cells[:2] in ([game, variant], [game, plot_results.variant_label(variant)]):
             return cells
     raise AssertionError(f"no row for {game} {variant}")
 
@@ -58,7 +64,7 @@ def test_report_values(workdir, capsys):
             # 150 games: the first 50 score 1000 (left out), the last 100 average 20 + offset + seed
             breakout = [1000.0] * 50 + [19.0 + offset + seed, 21.0 + offset + seed] * 50
             make_run(runs, "ppo", variant, "BreakoutNoFrameskip-v4", seed, breakout, dead=(0.5, 0.1 * seed), srank=(300.0, 100.0 + seed))
-            make_run(runs, "ppo", variant, "ALE/Pong-v5", seed, [float(seed) + offset / 10] * 3)
+            make_run(runs, "ppo", variant, "PongNoFrameskip-v4", seed, [float(seed) + offset / 10] * 3)
             scores.setdefault(("Breakout", variant), []).append(20.0 + offset + seed)
             scores.setdefault(("Pong", variant), []).append(seed + offset / 10)
     make_run(runs, "ppo", "tanh", "TetrisNoFrameskip-v4", 1, [5.0])  # no published scores
@@ -79,12 +85,16 @@ def test_report_values(workdir, capsys):
     assert f"{iqm:.3f} [" in aggregate_row and f"{median:.3f} [" in aggregate_row
 
     out = workdir / "out"
-    for name in ["results.md", "results.csv", "ppo_return.png", "ppo_dead_fraction.png", "ppo_srank.png", "aggregate_iqm.png"]:
-        assert (out / name).stat().st_size > 1000 or name == "results.csv", name
+    kinds = ["return", "dead_fraction", "srank", "effective_rank", "dormant_fraction", "learning_speed"]
+    figures = [f"ppo_{kind}" for kind in kinds]
+    for name in [*figures, "aggregate_iqm"]:  # each as PNG, and as PDF for a paper
+        assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.pdf").stat().st_size > 1000, name
+        assert f"]({name}.png)" in markdown
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 13
     hr1 = next(r for r in rows if r["variant"] == "tanh_hr" and r["game"] == "Breakout" and r["seed"] == "1")
-    assert float(hr1["final_return"]) == pytest.approx(31.0) and hr1["games"] == "150"
+    assert float(hr1["final_return"]) == pytest.approx(31.0) and hr1["games"] == "150" and hr1["group"] == "tanh + HR"
+    assert (hr1["env_id"], hr1["sticky_action_probability"]) == ("BreakoutNoFrameskip-v4", "0")
 
 
 def test_bootstrap_intervals_contain_the_point_estimates():
@@ -142,20 +152,20 @@ def test_eval_only_runs_are_marked_in_config(workdir):
     assert read_config(evaluated)["eval_only"] is True
 
 
-def run_report(workdir: Path, runs_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "sweep" / "plot_results.py"), "--runs-dir", str(runs_dir), "--out", str(workdir / "out")],
-                          cwd=workdir, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
+def run_report(workdir: Path, runs_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "sweep" / "plot_results.py"), "--runs-dir", str(runs_dir), "--out", str(workdir / "out")]
+    return subprocess.run([*command, *flags], cwd=workdir, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "no events"])
+@pytest.mark.parametrize("case", ["missing", "empty", "no events", "bad --steps"])
 def test_report_bad_input_is_one_clear_line(workdir, case):
     runs = workdir / "runs"
     if case != "missing":
         runs.mkdir()
-    if case == "no events":
+    if case in ("no events", "bad --steps"):
         (runs / "BreakoutNoFrameskip-v4__ppo__tanh__1").mkdir()
         (runs / "BreakoutNoFrameskip-v4__ppo__tanh__1" / "config.json").write_text("{}")
-    result = run_report(workdir, runs)
+    result = run_report(workdir, runs, *(["--steps", "250k,1.5x"] if case == "bad --steps" else []))
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and "Traceback" not in result.stderr, result.stderr
@@ -176,15 +186,96 @@ def test_a_run_without_events_is_one_warning_line(workdir, capsys):
     assert row(markdown, "Breakout", "tanh")[2] == "1"
 
 
-def test_curve_band_is_a_bootstrap_interval_within_the_runs():
-    """The band is a percentile bootstrap of the mean over seeds: inside the runs' range (a score band never
-    below the lowest run, here 0), around the mean, none where one run is left; steps read 250k, 1.5M."""
+def test_curve_band_ends_with_the_shortest_seed_and_says_what_it_is():
+    """The mean curve stops where the shortest seed ends (past it the mean would jump as a seed drops out); its band
+    is a percentile bootstrap of the mean for 3 seeds or more (within the runs' range), the range of 2 seeds, none
+    for 1; the same curves give the same band. Steps read 250k, 1.5M."""
     steps = np.arange(0, 1000, 100)
     curves = [(steps, np.zeros(10)), (steps, np.ones(10)), (steps[:5], np.full(5, 5.0)), (steps[:3], np.full(3, 2.0))]
-    grid, mean, low, high = plot_results.band(curves)
-    np.testing.assert_allclose(mean, [2.0] * 3 + [2.0] * 2 + [0.5] * 5)
-    assert np.all(low >= 0.0) and np.all(low <= mean) and np.all(mean <= high) and np.all(high <= 5.0)
-    assert np.all(high[5:] <= 1.0)  # only the runs present at a step are drawn
+    grid, mean, low, high, kind = plot_results.band(curves)
+    np.testing.assert_array_equal(grid, [0, 100, 200])
+    np.testing.assert_allclose(mean, [2.0] * 3)
+    assert kind == "95% bootstrap CI" and np.all(0.0 <= low) and np.all(low < mean) and np.all(mean < high)
+    assert np.all(high <= 5.0)
+    np.testing.assert_array_equal(plot_results.band(curves)[2], low)
+    grid, mean, low, high, kind = plot_results.band(curves[1:3])
+    assert kind == "range" and grid[-1] == 400 and np.all(low == 1.0) and np.all(high == 5.0)
     single = plot_results.band([(steps, np.ones(10))])
-    assert np.isnan(single[2]).all() and np.isnan(single[3]).all()
-    assert [plot_results.steps_label(x) for x in (0, 0.2, 500, 250_000, 1_500_000, 10_000_000)] == ["0", "0.2", "500", "250k", "1.5M", "10M"]
+    assert single[4] == "" and np.isnan(single[2]).all() and np.isnan(single[3]).all()
+    assert [plot_results.steps_label(x) for x in (0, 0.2, 500, 250_000, 1_500_000, 10_000_000)] == [
+        "0", "0.2", "500", "250k", "1.5M", "10M"]
+
+
+@pytest.mark.parametrize("case, other, label", [
+    ("learning rate", {"learning_rate": 0.001}, "tanh (lr 0.001)"),
+    ("sticky actions", {"env_id": "ALE/Breakout-v5"}, "tanh (ALE/Breakout-v5, sticky 0.25)"),
+    ("budget", {"total_timesteps": 1000}, "tanh (1k steps)"),
+])
+def test_runs_with_other_settings_are_another_group(workdir, capsys, case, other, label):
+    """Two settings of one variant in one runs folder are two groups, the other one named by how it differs, in the
+    tables and the csv; an older config.json without a key reads as the script's default (the same group)."""
+    runs = workdir / "runs"
+    base = {"env_id": "BreakoutNoFrameskip-v4", "total_timesteps": 2000}
+    make_run(runs, "ppo", "tanh", seed=1, returns=[1.0] * 20, **base, learning_rate=2.5e-4)  # the script's default
+    make_run(runs, "ppo", "tanh", seed=2, returns=[3.0] * 20, **base)  # written before learning_rate was recorded
+    make_run(runs, "ppo", "tanh_hr", seed=1, returns=[5.0] * 20, **base)
+    make_run(runs, "ppo", "tanh", seed=1, returns=[9.0] * 10, name="other", **{**base, **other})
+    markdown, err = report(runs, workdir / "out", capsys)
+
+    assert row(markdown, "Breakout", "tanh")[2:5] == ["2", "2,000", "2.0 ± 1.4"]
+    assert row(markdown, "Breakout", label)[2] == "1" and row(markdown, "Breakout", label)[4] == "9.0"
+    assert row(markdown, "Breakout", "tanh + HR")[2] == "1"
+    assert f"warning: ppo tanh on Breakout: runs with different settings, reported as 2 groups: tanh; {label}" in err
+    groups = {(r["run"], r["group"]) for r in csv.DictReader((workdir / "out" / "results.csv").open())}
+    assert ("other", label) in groups and ("BreakoutNoFrameskip-v4__ppo__tanh__2", "tanh") in groups
+    learning_speed = markdown[markdown.index("Learning speed"):]
+    assert f"| Breakout | {label} | 1 |" in learning_speed and "| Breakout | tanh | 2 |" in learning_speed
+
+
+def test_representation_at_fixed_steps_and_learning_speed(workdir, capsys):
+    """The metrics at fixed steps are each seed's last value at or before the step, mean ± std over seeds (min and
+    max in representation.csv), steps past the budget left out; the return AUC rewards learning earlier."""
+    runs = workdir / "runs"
+    for seed in (1, 2, 3):
+        dead = [0.1 * i + 0.01 * seed for i in range(7)]  # at 0, 100k, ..., 600k
+        make_run(runs, "ppo", "tanh", "BreakoutNoFrameskip-v4", seed, returns=[0.0] * 5 + [10.0] * 5, game_every=60_000, dead=dead, srank=[50.0] * 7,
+                 metric_every=100_000, total_timesteps=600_000, metrics_interval=100_000)
+    # one seed of tanh + HR that reaches the same final score sooner: 10 from the third game on
+    make_run(runs, "ppo", "tanh_hr", "BreakoutNoFrameskip-v4", 1, returns=[0.0] * 2 + [10.0] * 8, game_every=60_000, dead=[0.0] * 7, srank=[90.0] * 7,
+             metric_every=100_000, total_timesteps=600_000, metrics_interval=100_000)
+    markdown, _ = report(runs, workdir / "out", capsys, "--steps", "250k,500k,1M", "--window", "3")
+
+    fixed = [line for line in markdown.splitlines() if line.startswith("| Breakout | tanh | ")][1:]  # after the summary row
+    assert fixed[:2] == ["| Breakout | tanh | 250k | 3 | 0.220 ± 0.010 | 100.0 ± 0.0 | 50.0 ± 0.0 |",
+                         "| Breakout | tanh | 500k | 3 | 0.520 ± 0.010 | 100.0 ± 0.0 | 50.0 ± 0.0 |"]
+    assert not any("| 1M |" in line for line in markdown.splitlines())  # past the 600k budget
+    rows = list(csv.DictReader((workdir / "out" / "representation.csv").open()))
+    dead_250k = next(r for r in rows if (r["variant"], r["step"], r["metric"]) == ("tanh", "250000", "dead_fraction"))
+    assert (dead_250k["runs"], dead_250k["mean"], dead_250k["std"], dead_250k["min"], dead_250k["max"]) == (
+        "3", "0.22", "0.01", "0.21", "0.23")
+
+    # 100 bins of 6k steps: games end at 60k, 120k, ... (bins 10, 20, ...); the first 10 at 360k (bin 60) for tanh,
+    # at 180k (bin 30) for tanh + HR: AUC 10 * 40 / 100 = 4 and 10 * 70 / 100 = 7; both end at 10 (the last 3 games)
+    assert "| Breakout | tanh | 3 | 4.0 [4.0, 4.0] | 10.0 [10.0, 10.0] | 95% bootstrap CI |" in markdown
+    assert "| Breakout | tanh + HR | 1 | 7.0 | 10.0 | none (1 seed) |" in markdown
+    assert {r["variant"]: r["return_auc"] for r in csv.DictReader((workdir / "out" / "results.csv").open())}["tanh_hr"] == "7"
+
+
+def test_reports_of_the_same_runs_are_identical(workdir, capsys, monkeypatch):
+    """results.md, the csv files and the figures are byte-identical when the same runs are reported again (fixed
+    bootstrap seeds, ordered groups, no dates), also from another path to the runs, which the report does not write."""
+    runs = workdir / "runs"
+    for variant in ["tanh", "tanh_hr"]:
+        for seed in (1, 2, 3):
+            returns = list(np.random.default_rng(seed).normal(5.0 if variant == "tanh" else 8.0, 2.0, size=40))
+            make_run(runs, "pqn", variant, "BreakoutNoFrameskip-v4", seed, returns[: 30 + 5 * seed],
+                     dead=(0.1 * seed, 0.3, 0.2), srank=(90.0, 70.0 + seed, 60.0), total_timesteps=4000)
+    report(runs, workdir / "first", capsys)
+    monkeypatch.chdir(workdir)
+    report(Path("runs"), workdir / "second", capsys)
+    first = sorted(p.name for p in (workdir / "first").iterdir())
+    assert first == sorted(p.name for p in (workdir / "second").iterdir()) and len(first) == 3 + 2 * 7
+    for name in first:
+        assert (workdir / "first" / name).read_bytes() == (workdir / "second" / name).read_bytes(), name
+    for name in ["results.md", "results.csv", "representation.csv"]:
+        assert str(workdir) not in (workdir / "first" / name).read_text()

@@ -1,0 +1,156 @@
+"""Bad input to the three training scripts: each is one line on stderr and a non-zero exit before anything is written."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import dqn_atari_hadamard as dqn
+import ppo_atari_hadamard as ppo
+import pqn_atari_hadamard as pqn
+from conftest import one_line_failure, read_config, run_fails, run_ok, run_script
+
+PPO, DQN, PQN = "ppo_atari_hadamard.py", "dqn_atari_hadamard.py", "pqn_atari_hadamard.py"
+SCRIPTS = [PPO, DQN, PQN]
+MODULES = {PPO: ppo, DQN: dqn, PQN: pqn}
+ROLLOUT = [PPO, PQN]  # the scripts that compute batch_size, minibatch_size and num_iterations
+
+# (scripts, flags, what the line says)
+BAD_FLAGS = [
+    (SCRIPTS, ["--run-name", "../escape"], "--run-name '../escape' is not one folder name"),
+    (SCRIPTS, ["--run-name", "exp/a"], "--run-name 'exp/a' is not one folder name"),
+    (SCRIPTS, ["--env-id", "Breakout-v4"], "unsupported env id 'Breakout-v4': use BreakoutNoFrameskip-v4, ALE/Breakout-v5"),
+    (ROLLOUT, ["--batch-size", "64"], "Unrecognized options: --batch-size, 64"),
+    (ROLLOUT, ["--minibatch-size", "64"], "Unrecognized options: --minibatch-size, 64"),
+    (ROLLOUT, ["--num-iterations", "3"], "Unrecognized options: --num-iterations, 3"),
+    ([PPO], ["--hadamrd"], "Unrecognized options: --hadamrd (did you mean --hadamard?)"),
+    ([DQN], ["--buffer-size", "16"], "--buffer-size 16 is less than one --batch-size of 32"),
+    ([DQN], ["--total-timesteps", "1000", "--learning-starts", "1000"],
+     "--learning-starts 1000 is not below --total-timesteps 1000: the run would never learn"),
+    ([DQN, PQN], ["--start-e", "0.01", "--end-e", "0.5"], "--start-e 0.01 is below --end-e 0.5"),
+]
+
+
+@pytest.mark.parametrize("script, flags, message", [(s, flags, message) for scripts, flags, message in BAD_FLAGS
+                                                    for s in scripts])
+def test_bad_flags_are_one_line_errors(workdir, script, flags, message):
+    line = run_fails(script, *flags, cwd=workdir)
+    assert line.startswith("error: ") and message in line, line
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_flag_tyro_rejects_is_one_line_with_exit_2(workdir, script):
+    """tyro's box of several lines becomes one line with its message; exit 2 as tyro's."""
+    result = run_script(script, "--activation", "Tanh", cwd=workdir)
+    line = one_line_failure(result)
+    assert result.returncode == 2 and not (workdir / "runs").exists()
+    choices = "('tanh', 'relu', 'sigmoid', 'gelu')"
+    assert line == f"error: invalid choice 'Tanh' for argument '--activation'. Expected one of {choices}.", line
+    result = run_script(script, "--seed", "abc", cwd=workdir)
+    line = one_line_failure(result)
+    assert result.returncode == 2 and line == "error: parsing --seed: invalid literal for int() with base 10: 'abc'", line
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_the_flags_but_not_the_computed_fields(workdir, script):
+    result = run_script(script, "--help", cwd=workdir)
+    assert result.returncode == 0 and result.stderr == "" and result.stdout.startswith("usage:"), result.stderr
+    flags = {word.rstrip(",") for word in result.stdout.split() if word.startswith("--")}
+    computed = MODULES[script].COMPUTED
+    assert computed == ({"batch_size", "minibatch_size", "num_iterations"} if script in ROLLOUT else set())
+    assert computed <= {field.name for field in dataclasses.fields(MODULES[script].Args)}
+    for field in dataclasses.fields(MODULES[script].Args):  # every other field is a flag (a bool's is --name or --no-name)
+        assert (f"--{field.name.replace('_', '-')}" in flags) == (field.name not in computed), field.name
+    assert not (workdir / "runs").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_eval_model_on_a_folder_says_it_is_a_folder(workdir, script):
+    (workdir / "trained").mkdir()
+    line = run_fails(script, "--eval-model", "trained", cwd=workdir)
+    assert "trained is a folder, not a model file" in line, line
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_eval_model_with_network_flags_other_than_the_models(workdir, script):
+    """A network flag given with a value other than the model's is an error naming the model's value; a flag given with the
+    model's value is accepted (the error names the next flag)."""
+    module = MODULES[script]
+    saved = module.Args(activation="relu", hadamard=True)
+    network = (module.Agent if script == PPO else module.QNetwork)(4, "relu", True)
+    torch.save(module.model_state(saved, network, 4), workdir / "model.pt")
+    cases = [(["--activation", "gelu"], "trained with --activation relu, not gelu; leave --activation out"),
+             (["--activation", "relu", "--param-matched"], "trained with --param-matched False, not True")]
+    if script == PQN:
+        cases.append((["--hadamard-scope", "all"], "trained with --hadamard-scope representation, not all"))
+    for flags, message in cases:
+        line = run_fails(script, "--eval-model", "model.pt", *flags, cwd=workdir)
+        assert line.startswith("error: model file model.pt was trained") and message in line, line
+
+
+CHECK_ARGS_CASES = [
+    (SCRIPTS, {"run_name": ""}, "--run-name '' is not one folder name"),
+    (SCRIPTS, {"run_name": "."}, "--run-name '.' is not one folder name"),
+    (SCRIPTS, {"run_name": ".."}, "--run-name '..' is not one folder name"),
+    (SCRIPTS, {"run_name": "x" * 256}, "is not one folder name"),
+    (SCRIPTS, {"exp_name": "a/b"}, "--exp-name 'a/b' is not one folder name"),
+    (SCRIPTS, {"seed": -1}, "--seed must be in [0, 2**31 - 1]"),
+    (SCRIPTS, {"seed": 2**31}, "--seed must be in [0, 2**31 - 1]"),
+    ([DQN], {"eval_model": "model.pt", "eval_episodes": 0}, "--eval-model needs --eval-episodes of at least 1"),
+    (SCRIPTS, {"capture_video": True, "eval_episodes": 0}, "--capture-video records the evaluation's games"),
+]
+
+
+@pytest.mark.parametrize("script, fields, message",
+                         [(s, fields, message) for scripts, fields, message in CHECK_ARGS_CASES for s in scripts])
+def test_check_args_rejects(script, fields, message):
+    with pytest.raises(SystemExit) as exc:
+        MODULES[script].check_args(MODULES[script].Args(**fields))
+    assert str(exc.value.code).startswith("error: ") and message in str(exc.value.code), exc.value.code
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_check_args_accepts_the_edges(script):
+    """The largest seed, a run name of 255 bytes, and DQN's learning start one step before the end are valid."""
+    module = MODULES[script]
+    module.check_args(module.Args(seed=2**31 - 1, run_name="x" * 255, exp_name="my.exp"))
+    if script == DQN:
+        module.check_args(module.Args(total_timesteps=1000, learning_starts=999, buffer_size=32, start_e=0.5, end_e=0.5))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_env_ids(script):
+    """The three id styles and their sticky-action defaults; any other version of a known game is an error that names the
+    three, and an unknown game keeps its close-match hint."""
+    parse_env_id = MODULES[script].parse_env_id
+    ids = ("MsPacmanNoFrameskip-v4", "ALE/MsPacman-v5")
+    for env_id, sticky in ((ids[0], 0.0), (ids[1], 0.25), ("MsPacman-v5", 0.0)):
+        assert parse_env_id(env_id, None) == ("ms_pacman", sticky)
+        assert parse_env_id(env_id, 0.1) == ("ms_pacman", 0.1)
+    for env_id in ("MsPacman-v4", "ALE/MsPacman-v4", "MsPacmanNoFrameskip-v5", "ALE/MsPacmanNoFrameskip-v4", "MsPacman-v0"):
+        with pytest.raises(SystemExit) as exc:
+            parse_env_id(env_id, None)
+        expected = f"error: unsupported env id {env_id!r}: use {', '.join(ids)} (sticky actions 0.25) or MsPacman-v5"
+        assert exc.value.code == expected, exc.value.code
+    with pytest.raises(SystemExit) as exc:
+        parse_env_id("Breakot-v4", None)
+    assert "unknown Atari game in env id 'Breakot-v4'" in exc.value.code, exc.value.code
+    assert "did you mean BreakoutNoFrameskip-v4" in exc.value.code, exc.value.code
+
+
+TINY = {PPO: ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "64", "--num-minibatches", "2",
+              "--update-epochs", "1"],
+        DQN: ["--total-timesteps", "50", "--learning-starts", "20", "--buffer-size", "100"]}
+TINY[PQN] = TINY[PPO]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_an_ale_v5_run_records_its_sticky_actions_and_is_named_without_a_slash(workdir, script):
+    """config.json records the sticky-action probability used (ALE/...-v5: 0.25), the flag's value stays None; the default run
+    name has '-' for the id's '/', so the run is one folder under runs/."""
+    run_dir = run_ok(script, *TINY[script], "--env-id", "ALE/Breakout-v5", "--metrics-interval", "0", cwd=workdir)
+    assert run_dir.name.startswith(f"ALE-Breakout-v5__{Path(script).stem}__1__"), run_dir.name
+    config = read_config(run_dir)
+    assert config["sticky_action_probability"] == 0.25 and config["repeat_action_probability"] is None
+    assert config["env_id"] == "ALE/Breakout-v5" and config["run_name"] == run_dir.name
