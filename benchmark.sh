@@ -29,8 +29,9 @@ Sweep (flag, or environment variable; lists are space or comma separated):
   --variants LIST       VARIANTS         <activation>[_hr|_pm]: relu -> --activation relu, tanh -> (none),
                                          tanh_hr -> --hadamard, tanh_pm -> --param-matched
                                                                               (default: relu tanh tanh_hr tanh_pm)
-  --games LIST          GAMES            short names (Breakout -> BreakoutNoFrameskip-v4) or env ids
-                                                  (default: Breakout Pong BeamRider SpaceInvaders MsPacman)
+  --games LIST          GAMES            short names, any case (pong -> PongNoFrameskip-v4, ms_pacman ->
+                                         MsPacmanNoFrameskip-v4) or env ids (<Game>NoFrameskip-v4, ALE/<Game>-v5,
+                                         <Game>-v5)      (default: Breakout Pong BeamRider SpaceInvaders MsPacman)
   --seeds LIST          SEEDS            seeds                               (default: 1 2 3)
   --num-seeds N                          seeds 1..N
   --total-timesteps N   TOTAL_TIMESTEPS  budget of every run                 (default: each script's own)
@@ -38,7 +39,13 @@ Sweep (flag, or environment variable; lists are space or comma separated):
                         PPO_ARGS, DQN_ARGS, PQN_ARGS  flags for that script only (after the others)
                         What the sweep varies is not a script flag: --seed, --env-id, --hadamard, --activation,
                         --param-matched and --run-name there are errors (use --seeds, --games, --variants).
-                        Any other option before -- is an error: a typo never launches a sweep.
+                        Any other option before -- is an error: a typo never launches a sweep, and the script flags
+                        are parsed by each script's own Args before the sweep starts.
+  --mismatched skip|redo                 what to do with a run folder (finished or interrupted) whose config.json
+                                         holds other settings than this sweep's command for it, which is otherwise
+                                         an error: skip leaves it as it is and out of this sweep; redo moves it to
+                                         runs/_replaced/<run name>-<time>/ (kept; the report does not read it)
+                                         and runs it again
   --quick                                quick profile: ppo on Breakout, seeds 1 2, the four variants,
                                          50k steps, metrics every 5k steps, 2 jobs (flags still override)
 Local mode:
@@ -64,7 +71,9 @@ Report:
   --runs-dir DIR                         where the runs are written and read: a folder named runs (the scripts
                                          write runs/<run name>/ in their working directory, so each runs in
                                          its parent)                         (default: runs)
-Python: PYTHON (default: python, i.e. the active virtual environment).
+Python: PYTHON (default: python, i.e. the active virtual environment). The checks before a sweep (games, script
+flags, the settings of the runs there are) run it here in every mode, --dry-run and --slurm too, so it must work on
+the machine that launches the sweep; a Slurm job runs the same command on the nodes.
 EOF
 }
 
@@ -156,12 +165,20 @@ fi
 # Options: flags > environment variables > --quick profile > defaults.
 split_list() { tr ',' ' ' <<<"$1"; }
 need_value() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
-OPTIONS=(--help --scripts --variants --games --seeds --num-seeds --total-timesteps --jobs --threads --quick --dry-run --slurm
-         --slurm-time --slurm-cpus --slurm-mem --slurm-parallel --slurm-grace --sbatch-args --report --report-only --out --runs-dir)
+OPTIONS=(--help --scripts --variants --games --seeds --num-seeds --total-timesteps --mismatched --jobs --threads --quick
+         --dry-run --slurm --slurm-time --slurm-cpus --slurm-mem --slurm-parallel --slurm-grace --sbatch-args --report
+         --report-only --out --runs-dir)
+USE_VENV="activate the project's virtual environment or set PYTHON"
 close_match() {  # "; did you mean --seeds?" for --seed, or nothing
     local match
-    match="$(python3 -c 'import difflib, sys; print(*difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1, 0.6))' "$1" "${OPTIONS[@]}" 2>/dev/null)" || true
+    match="$("$PYTHON" -c 'import difflib, sys; print(*difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1, 0.6))' \
+             "$1" "${OPTIONS[@]}")" || die "python '$PYTHON' failed to run (looking for an option close to $1): $USE_VENV"
     [[ -z "$match" ]] || echo "; did you mean $match?"
+}
+check_python() {  # the sweep's python exists and runs, in every mode (a bad one would pass a dry run, then fail every run)
+    command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found: $USE_VENV"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' >/dev/null 2>&1 ||
+        die "'$PYTHON' does not run as python 3.9 or newer: $USE_VENV"
 }
 check_script_flags() {  # $1: where the flags come from; the rest: the flags. What the sweep varies is not a script flag.
     local where="$1" word
@@ -178,7 +195,7 @@ check_script_flags() {  # $1: where the flags come from; the rest: the flags. Wh
 }
 
 opt_scripts="" opt_variants="" opt_games="" opt_seeds="" opt_jobs="" opt_threads="" opt_steps=""
-quick=0 dry_run=0 slurm=0 report=0 report_only=0
+quick=0 dry_run=0 slurm=0 report=0 report_only=0 mismatched=""
 slurm_time="${SBATCH_TIME:-48:00:00}" slurm_cpus="${SBATCH_CPUS:-4}" slurm_mem="${SBATCH_MEM:-16G}"
 slurm_parallel="${SBATCH_PARALLEL:-}" sbatch_extra="${SBATCH_EXTRA:-}" report_dir="${REPORT_DIR:-results}"
 slurm_grace="${SBATCH_GRACE:-300}"
@@ -193,6 +210,8 @@ while [[ $# -gt 0 ]]; do
         --num-seeds) need_value "$@"; [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "--num-seeds must be a positive integer, got '$2'"
             opt_seeds="$(seq -s ' ' 1 "$2")"; shift 2 ;;
         --total-timesteps) need_value "$@"; opt_steps="$2"; shift 2 ;;
+        --mismatched) need_value "$@"; mismatched="$2"; shift 2
+            [[ "$mismatched" =~ ^(skip|redo)$ ]] || die "--mismatched must be skip or redo, got '$mismatched'" ;;
         --jobs) need_value "$@"; opt_jobs="$2"; shift 2 ;;
         --threads) need_value "$@"; opt_threads="$2"; shift 2 ;;
         --quick) quick=1; shift ;;
@@ -210,16 +229,14 @@ while [[ $# -gt 0 ]]; do
         --runs-dir) need_value "$@"; RUNS_DIR="${2%/}"; shift 2
             [[ "$(basename "$RUNS_DIR")" == runs ]] || die "--runs-dir must be a folder named runs (the scripts write runs/<run name>/ in their working directory), e.g. sweep1/runs; got '$RUNS_DIR'" ;;
         --) shift; passthrough+=("$@"); break ;;
-        -*) die "unknown option $1$(close_match "$1") (flags for the training scripts go after --)" ;;
+        -*) check_python; hint="$(close_match "$1")" || exit 2
+            die "unknown option $1$hint (flags for the training scripts go after --)" ;;
         *) die "unexpected argument '$1' (flags for the training scripts go after --)" ;;
     esac
 done
 
-check_python() {
-    command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found: activate the project's virtual environment or set PYTHON"
-}
+check_python
 run_report() {
-    check_python
     echo "report: $PYTHON $HERE/sweep/plot_results.py --runs-dir $RUNS_DIR --out $report_dir"
     "$PYTHON" "$HERE/sweep/plot_results.py" --runs-dir "$RUNS_DIR" --out "$report_dir"
 }
@@ -276,35 +293,17 @@ variant_flags() {  # relu -> --activation relu; tanh_hr -> --hadamard; tanh_pm -
     [[ "${BASH_REMATCH[2]}" == _pm ]] && flags+=(--param-matched)
     echo "${flags[*]-}"
 }
-env_id() {  # Breakout -> BreakoutNoFrameskip-v4; env ids stay as they are
-    if [[ "$1" =~ ^[A-Za-z0-9]+$ ]]; then echo "${1}NoFrameskip-v4"; else echo "$1"; fi
-}
 for script in $scripts; do
     [[ -f "$(script_path "$script")" ]] || die "training script $(script_path "$script") not found"
 done
 for variant in $variants; do variant_flags "$variant" >/dev/null; done
-check_games() {  # each game must be one of ale-py's ROMs (checked where python3 imports ale_py; the scripts check again)
-    local bad
-    bad="$(python3 - "$@" 2>/dev/null <<'PY'
-import difflib, re, sys
-from ale_py.roms import get_all_rom_ids
-roms = {rom.replace("_", ""): rom for rom in get_all_rom_ids()}
-names = ["".join(part.capitalize() for part in rom.split("_")) for rom in roms.values()]
-for game in sys.argv[1:]:
-    match = re.fullmatch(r"(ALE/)?([A-Za-z0-9]+?)(NoFrameskip)?(-v[45])?", game)
-    if match is None or match.group(2).lower() not in roms:
-        close = difflib.get_close_matches(match.group(2) if match else game, names, 3, 0.5)
-        print(f"unknown game '{game}' (not an ale-py ROM)" + (f"; did you mean {', '.join(close)}?" if close else ""))
-        break
-PY
-)" || return 0
-    [[ -z "$bad" ]] || die "$bad"
-}
-check_games $games
+# each game's env id, as ale-py names the game (pong -> PongNoFrameskip-v4): one game, one run name
+env_ids="$("$PYTHON" "$HERE/sweep/check_sweep.py" games $games)" || exit 2
 
 # ---------------------------------------------------------------------------------------------------------
 # The task list: one line per run, "<run name>\t<command>", in a stable order.
-names=() stems=() commands=()
+names=() stems=() commands=() locked=()
+checks=() to_check=0  # for sweep/check_sweep.py: each script's flags, and each run's (see there); whether it has work
 in_work_dir=""  # each run works in the parent of the runs folder
 [[ "$RUNS_DIR" == runs ]] || in_work_dir="cd $(printf '%q' "$(realpath -m "$(dirname "$RUNS_DIR")")") && "
 for script in $scripts; do
@@ -313,8 +312,15 @@ for script in $scripts; do
     own_var="$(tr '[:lower:]-' '[:upper:]_' <<<"${stem%%_*}")_ARGS"  # ppo_atari_hadamard -> PPO_ARGS
     read -r -a own_args <<<"${!own_var:-}"
     check_script_flags "$own_var" "${own_args[@]+"${own_args[@]}"}"
-    for game in $games; do
-        id="$(env_id "$game")"
+    for group in "SCRIPT_ARGS" "the flags after --" "$own_var"; do
+        case "$group" in
+            SCRIPT_ARGS) flags=("${env_args[@]+"${env_args[@]}"}") ;;
+            "the flags after --") flags=("${passthrough[@]+"${passthrough[@]}"}") ;;
+            *) flags=("${own_args[@]+"${own_args[@]}"}") ;;
+        esac
+        [[ ${#flags[@]} -eq 0 ]] || { checks+=(flags "$group" "$path" "${#flags[@]}" "${flags[@]}"); to_check=1; }
+    done
+    for id in $env_ids; do
         for variant in $variants; do
             read -r -a vflags <<<"$(variant_flags "$variant")"
             for seed in $seeds; do
@@ -324,16 +330,39 @@ for script in $scripts; do
                 names+=("$name")
                 stems+=("$stem")
                 commands+=("$in_work_dir""OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads$(printf ' %q' "${cmd[@]}")")
+                [[ ! -f "$RUNS_DIR/$name/done.json" ]] && is_locked "$name" && lock=1 || lock=0
+                locked+=("$lock")
+                checks+=(task "$name" "$path" "$lock" "$((${#cmd[@]} - 2))" "${cmd[@]:2}")
+                [[ $lock -eq 1 || ! -f "$RUNS_DIR/$name/config.json" ]] || to_check=1
             done
         done
     done
 done
 
-todo=() todo_stems=() finished=0 interrupted=0 running=0
+# Before anything runs, with the sweep's python: each script parses its flags, and each run folder there is (finished
+# or interrupted) holds the settings its command would run with, or --mismatched says what to do with it. It imports
+# the scripts (torch: seconds), so a fresh sweep without script flags, which has nothing to check, goes without it.
+other_runs=""
+if [[ $to_check -eq 1 ]]; then
+    other_runs="$(printf '%s\0' "${checks[@]}" | "$PYTHON" "$HERE/sweep/check_sweep.py" runs "$RUNS_DIR" "$mismatched")" ||
+        exit 2  # it said why
+fi
+other=()  # how each run of other settings differs, by task index
+while IFS=$'\t' read -r i differences; do
+    [[ -z "$i" ]] || other[$i]="$differences"
+done <<<"$other_runs"
+
+todo=() todo_stems=() redo=() finished=0 interrupted=0 running=0
 for i in "${!names[@]}"; do
-    if [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]]; then
+    if [[ -n "${other[$i]:-}" && "$mismatched" == skip ]]; then
+        continue
+    elif [[ -n "${other[$i]:-}" ]]; then
+        redo+=("$i")
+        todo+=("$i")
+        todo_stems+=("${stems[$i]}")
+    elif [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]]; then
         finished=$((finished + 1))
-    elif is_locked "${names[$i]}"; then
+    elif [[ ${locked[$i]} -eq 1 ]]; then
         running=$((running + 1))
     else
         [[ -d "$RUNS_DIR/${names[$i]}" ]] && interrupted=$((interrupted + 1))
@@ -345,7 +374,7 @@ done
 estimate() {  # roughly how long the runs to do take, at the speed of the finished runs of the same script here
     [[ ${#todo[@]} -gt 0 ]] || { echo "nothing to run"; return; }
     [[ -n "$steps" ]] || { echo "duration unknown: give --total-timesteps to estimate it"; return; }
-    python3 - "$RUNS_DIR" "$jobs" "$steps" "$slurm" "${todo_stems[@]}" 2>/dev/null <<'PY' || echo "duration unknown"
+    "$PYTHON" - "$RUNS_DIR" "$jobs" "$steps" "$slurm" "${todo_stems[@]}" 2>/dev/null <<'PY' || echo "duration unknown"
 import glob, json, os, statistics, sys
 runs_dir, jobs, steps, slurm, stems = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5:]
 speeds = {}
@@ -362,15 +391,24 @@ else:
           " (at the median speed of the finished runs here)")
 PY
 }
+replaced="$RUNS_DIR/_replaced"  # where --mismatched redo moves a run of other settings; the report reads runs/*/ only
+redone="" skipped=""
+[[ ${#redo[@]} -eq 0 ]] || redone="; ${#redo[@]} of other settings: they move to $replaced/ and run again"
+[[ ${#other[@]} -eq 0 || "$mismatched" != skip ]] || skipped=", ${#other[@]} of other settings (skipped: --mismatched skip)"
 echo "# sweep: ${#names[@]} runs ($scripts x $variants x $games x seeds $seeds): ${#todo[@]} to run" \
-     "($interrupted of them interrupted: they resume from their checkpoints), $running running in another sweep (left alone)," \
-     "$finished finished (skipped); $(estimate)"
+     "($interrupted of them interrupted: they resume from their checkpoints$redone), $running running in another sweep" \
+     "(left alone), $finished finished (skipped)$skipped; $(estimate)"
 
 if [[ $dry_run -eq 1 && $slurm -eq 0 ]]; then
     for i in "${!names[@]}"; do
-        if [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]]; then
+        if [[ -n "${other[$i]:-}" && "$mismatched" == skip ]]; then
+            echo "# skip (other settings: ${other[$i]}): ${names[$i]}"
+        elif [[ -n "${other[$i]:-}" ]]; then
+            echo "# redo (other settings: ${other[$i]}; its folder moves to $replaced/): ${names[$i]}"
+            echo "${commands[$i]}"
+        elif [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]]; then
             echo "# skip (finished): ${names[$i]}"
-        elif is_locked "${names[$i]}"; then
+        elif [[ ${locked[$i]} -eq 1 ]]; then
             echo "# skip (running in another sweep): ${names[$i]}"
         else
             echo "${commands[$i]}"
@@ -378,6 +416,25 @@ if [[ $dry_run -eq 1 && $slurm -eq 0 ]]; then
     done
     exit 0
 fi
+
+replace_runs() {  # --mismatched redo: each run of other settings moves to $replaced/<run name>-<time>/, never deleted
+    local i name target stamp
+    stamp="$(date +%Y%m%d-%H%M%S)"
+    for i in "${redo[@]+"${redo[@]}"}"; do
+        name="${names[$i]}"
+        target="$replaced/$name-$stamp"
+        [[ ! -e "$target" ]] || die "$target exists already: run the sweep again in a second"
+        mkdir -p "$replaced"
+        if command -v flock >/dev/null 2>&1; then  # under the run's lock: a run another sweep has started since stays
+            mkdir -p "$RUNS_DIR/.locks"
+            (flock -n 9 || die "$RUNS_DIR/$name has started in another sweep: left as it is; run this sweep again when it ends"
+             mv "$RUNS_DIR/$name" "$target") 9>"$RUNS_DIR/.locks/$name.lock" || exit 2
+        else
+            mv "$RUNS_DIR/$name" "$target"
+        fi
+        echo "# moved $RUNS_DIR/$name (other settings: ${other[$i]}) to $target"
+    done
+}
 
 write_tasks() {  # the unfinished runs' lines into $1
     : >"$1"
@@ -396,6 +453,10 @@ if [[ $slurm -eq 1 ]]; then
     fi
     template="$HERE/sweep/slurm_template.sbatch"
     [[ -f "$template" ]] || die "Slurm template $template not found"
+    [[ $dry_run -eq 0 || ${#redo[@]} -eq 0 ]] ||
+        die "--mismatched redo with --slurm --dry-run: a dry run moves no run aside, so the job it writes would find" \
+            "${#redo[@]} runs of other settings; leave out --dry-run or use --mismatched skip"
+    replace_runs
     sweep_dir="$(realpath -m "$RUNS_DIR")/_slurm/$(date +%Y%m%d-%H%M%S)-$$"
     mkdir -p "$sweep_dir"
     write_tasks "$sweep_dir/tasks.tsv"
@@ -433,7 +494,7 @@ fi
 # Local mode: $jobs runs at once; one line per run start/end, each run's output in runs/<name>/train.log.
 status=0
 if [[ ${#todo[@]} -gt 0 ]]; then
-    check_python
+    replace_runs
     mkdir -p "$RUNS_DIR"
     tasks="$(mktemp "${TMPDIR:-/tmp}/benchmark-tasks.XXXXXX")"
     trap 'rm -f "$tasks" "$tasks.lines"' EXIT

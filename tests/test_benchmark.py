@@ -1,6 +1,6 @@
 """benchmark.sh (sweeps, resume, Slurm); the report's own tests are in test_report.py. Most sweep tests run a stand-in for
-python that only writes what a finished run writes; one test runs the quick profile end to end with tiny
-budgets, PPO for real, and its report."""
+python whose training runs only write what a finished run writes (the sweep's own checks run on the real python); one
+test runs the quick profile end to end with tiny budgets, PPO for real, and its report."""
 
 import json
 import math
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SCRIPT_ENV, assert_steps_increase, read_scalars
+from conftest import ROOT, SCRIPT_ENV, assert_steps_increase, one_line_failure, read_scalars, snapshot
 from test_report import row
 
 BENCHMARK = ROOT / "benchmark.sh"
@@ -25,14 +25,23 @@ VARIANT_FLAGS = {"relu": ["--activation", "relu"], "tanh": [], "tanh_hr": ["--ha
 TINY_PPO = ["--total-timesteps", "128", "--", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2",
             "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32"]
 
-# Stands in for python: records the run it was asked for and writes what a finished run writes.
+# Stands in for python: records the run of a training script it was asked for and writes what a finished run writes (a
+# config.json of the flags it was given, which leaves out the defaults as an older script's leaves out newer fields;
+# done.json). Anything else, such as the sweep's checks before it starts, is the real python's.
 FAKE_PYTHON = r"""#!/usr/bin/env bash
+[[ "$1" == *_atari_hadamard.py ]] || exec REAL_PYTHON "$@"
 script="$1"; shift
-name=""; args=("$@")
-while [[ $# -gt 0 ]]; do [[ "$1" == --run-name ]] && name="$2"; shift; done
+name=""; args=("$@"); config=""
+while [[ $# -gt 0 ]]; do
+    key="${1#--}"; shift
+    if [[ $# -gt 0 && "$1" != --* ]]; then value="$1"; shift; else value=true; fi
+    [[ "$key" == run-name ]] && name="$value"
+    [[ "$value" =~ ^(true|-?[0-9]+(\.[0-9]+)?)$ ]] || value="\"$value\""
+    config+="${config:+, }\"${key//-/_}\": $value"
+done
 echo "$name OMP_NUM_THREADS=$OMP_NUM_THREADS $(basename "$script") ${args[*]}" >> calls.txt
 if [[ -n "${FAKE_FAIL:-}" ]]; then echo "error: boom" >&2; exit 1; fi
-mkdir -p "runs/$name" && echo '{}' > "runs/$name/config.json" && echo '{}' > "runs/$name/done.json"
+mkdir -p "runs/$name" && echo "{$config}" > "runs/$name/config.json" && echo '{}' > "runs/$name/done.json"
 """
 
 
@@ -54,7 +63,7 @@ def arg(command: str, flag: str) -> str:
 @pytest.fixture
 def fake_python(workdir: Path) -> str:
     path = workdir / "fake_python"
-    path.write_text(FAKE_PYTHON)
+    path.write_text(FAKE_PYTHON.replace("REAL_PYTHON", sys.executable))
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return str(path)
 
@@ -101,6 +110,13 @@ def test_dry_run_prints_the_paper_comparison_and_runs_nothing(workdir):
         ([], {"PPO_ARGS": "--num-envs 4 --run-name mine"}, "PPO_ARGS sets --run-name"),
         (["--games", "Breakout,Foo"], {}, "unknown game 'Foo' (not an ale-py ROM)"),
         (["--games", "Breakot"], {}, "unknown game 'Breakot' (not an ale-py ROM); did you mean Breakout"),
+        (["--games", "pong,Breakout-v4"], {}, "env id 'Breakout-v4' is not one the scripts take: use BreakoutNoFrameskip-v4, "
+                                              "ALE/Breakout-v5 or Breakout-v5"),
+        (["--mismatched", "keep"], {}, "--mismatched must be skip or redo, got 'keep'"),
+        # the scripts' flags, parsed by each script's Args before the sweep starts
+        (["--", "--num-env", "16"], {}, "the flags after -- for ppo_atari_hadamard.py: Unrecognized options: --num-env, 16; "
+                                        "did you mean --num-envs?"),
+        ([], {"PQN_ARGS": "--num-steps x"}, "PQN_ARGS for pqn_atari_hadamard.py: Error parsing --num-steps"),
     ],
 )
 def test_bad_options_stop_before_anything_runs(workdir, fake_python, args, env, message):
@@ -172,6 +188,99 @@ def test_bad_input_is_one_clear_line(workdir, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
     assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [["--dry-run"], [], ["--slurm"], ["--report-only"], ["--seed", "1"]])
+@pytest.mark.parametrize("python, message", [("/missing/python", "python '/missing/python' not found"),
+                                             ("false", "'false' does not run as python 3.9 or newer")])
+def test_the_sweeps_python_is_checked_first_in_every_mode(workdir, mode, python, message):
+    """A PYTHON that is not there or is no python: one line, before a dry run prints its commands or a job is written."""
+    result = bench(*mode, cwd=workdir, PYTHON=python)
+    assert result.returncode == 2 and result.stdout == "" and one_line_failure(result).startswith(f"error: {message}")
+    assert list(workdir.iterdir()) == []
+
+
+def test_games_are_named_as_ale_py_names_them_by_the_sweeps_python(workdir):
+    """A short name in any case is ale-py's game (one game, one run name); env ids keep their form. Every python the sweep
+    runs is PYTHON's: a python3 that fails stays unused."""
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text('#!/usr/bin/env bash\ntouch "$(dirname "$0")/python3_ran"; exit 1\n')
+    (bin_dir / "python3").chmod(0o755)
+    games = "pong,ms_pacman,MSPACMAN,space_invaders,ALE/breakout-v5,Breakout-v5"
+    sweep = ["--scripts", "ppo", "--variants", "tanh", "--seeds", "1", "--games", games, "--dry-run"]
+    lines = commands(bench(*sweep, cwd=workdir, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert [arg(line, "--env-id") for line in lines] == ["PongNoFrameskip-v4", "MsPacmanNoFrameskip-v4",
+                                                         "SpaceInvadersNoFrameskip-v4", "ALE/Breakout-v5", "Breakout-v5"]
+    assert arg(lines[3], "--run-name") == "ALE-Breakout-v5__ppo_atari_hadamard__tanh__1"
+    assert not (bin_dir / "python3_ran").exists()
+
+
+def test_a_finished_run_of_another_budget_is_refused_unless_skipped_or_redone(workdir, fake_python):
+    """After a 50k-step sweep the same sweep at the scripts' budget stops before anything starts, naming the runs and the
+    flag that differs, in every mode; --mismatched skip leaves them out, --mismatched redo moves them to runs/_replaced/
+    and runs them again. A field missing from a config.json is the field's default."""
+    sweep = ["--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1"]
+    names = [f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{variant}__1" for variant in ("tanh", "tanh_hr")]
+    assert bench(*sweep, "--total-timesteps", "50000", cwd=workdir, PYTHON=fake_python).returncode == 0
+    runs = workdir / "runs"
+    before = snapshot(runs)
+    for mode in ([], ["--dry-run"], ["--slurm"]):
+        result = bench(*sweep, *mode, cwd=workdir, PYTHON=fake_python)
+        line = one_line_failure(result)
+        assert result.returncode == 2 and result.stdout == "", result.stdout
+        assert line.startswith(f"error: 2 runs in runs/ hold other settings than this sweep's, e.g. runs/{names[0]} "
+                               "(--total-timesteps 50000, this sweep: 10000000): run this sweep with their flags, or give "
+                               "--mismatched skip"), line
+        assert "--mismatched redo to move them to runs/_replaced/ and run them again" in line
+        assert snapshot(runs) == before and len(calls(workdir)) == 2
+
+    skipped = bench(*sweep, "--mismatched", "skip", "--dry-run", cwd=workdir, PYTHON=fake_python)
+    assert commands(skipped) == []
+    assert "0 finished (skipped), 2 of other settings (skipped: --mismatched skip)" in skipped.stdout
+    assert f"# skip (other settings: --total-timesteps 50000, this sweep: 10000000): {names[1]}" in skipped.stdout
+
+    redone = bench(*sweep, "--mismatched", "redo", cwd=workdir, PYTHON=fake_python)
+    assert redone.returncode == 0, redone.stderr
+    assert "2 of other settings: they move to runs/_replaced/ and run again" in redone.stdout
+    assert calls(workdir)[2:] == names
+    for name in names:
+        (old,) = (runs / "_replaced").glob(f"{name}-*")
+        assert re.fullmatch(rf"{name}-\d{{8}}-\d{{6}}", old.name) and f"moved runs/{name} " in redone.stdout
+        assert json.loads((old / "config.json").read_text())["total_timesteps"] == 50000 and (old / "done.json").exists()
+        assert "total_timesteps" not in json.loads((runs / name / "config.json").read_text())  # the script's default
+    again = bench(*sweep, cwd=workdir, PYTHON=fake_python)
+    assert again.returncode == 0 and "2 finished (skipped); nothing to run" in again.stdout, again.stderr
+    # the 50k sweep now meets runs of the default budget
+    line = one_line_failure(bench(*sweep, "--total-timesteps", "50000", cwd=workdir, PYTHON=fake_python))
+    assert "(--total-timesteps not in its config.json (the default, 10000000), this sweep: 50000)" in line
+
+
+def test_an_interrupted_run_of_other_settings_is_refused_and_redo_moves_it_aside(workdir, fake_python, fake_sbatch):
+    """An interrupted run (its checkpoint, no done.json) that another command started is refused before anything starts;
+    --slurm --mismatched redo moves it aside, checkpoint and all, before the job is written (not with --dry-run, which
+    moves nothing)."""
+    sweep = ["--scripts", "ppo", "--games", "Pong", "--variants", "relu", "--seeds", "3"]
+    name = "PongNoFrameskip-v4__ppo_atari_hadamard__relu__3"
+    assert bench(*sweep, "--", "--num-envs", "4", cwd=workdir, PYTHON=fake_python).returncode == 0
+    run_dir = workdir / "runs" / name
+    (run_dir / "done.json").unlink()
+    (run_dir / "checkpoint.pt").write_text("left by the interrupted run")
+    before = snapshot(workdir / "runs")
+    line = one_line_failure(bench(*sweep, "--", "--num-envs", "16", cwd=workdir, PYTHON=fake_python))
+    assert line.startswith(f"error: runs/{name} holds a run with other settings (--num-envs 4, this sweep: 16): run this "
+                           "sweep with its flags, or give --mismatched skip to leave it as it is or --mismatched redo"), line
+    redo = [*sweep, "--slurm", "--mismatched", "redo"]
+    line = one_line_failure(bench(*redo, "--dry-run", "--", "--num-envs", "16", cwd=workdir, PYTHON=fake_python, PATH=fake_sbatch))
+    assert "a dry run moves no run aside" in line
+    assert snapshot(workdir / "runs") == before and calls(workdir) == [name]
+
+    result = bench(*redo, "--", "--num-envs", "16", cwd=workdir, PYTHON=fake_python, PATH=fake_sbatch)
+    assert result.returncode == 0 and "Submitted batch job 42" in result.stdout, result.stderr
+    (old,) = (workdir / "runs" / "_replaced").iterdir()
+    assert (old / "checkpoint.pt").read_text() == "left by the interrupted run" and not run_dir.exists()
+    job = slurm_job(result.stdout)
+    assert "#SBATCH --array=0-0" in job.read_text() and (job.parent / "tasks.tsv").read_text().startswith(f"{name}\t")
 
 
 def test_resume_skips_finished_runs_and_resumes_interrupted_ones(workdir, fake_python):
@@ -337,16 +446,22 @@ def test_slurm_writes_an_array_job_from_the_template(workdir, fake_python):
     assert "#SBATCH --array=0-2" in slurm_job(result.stdout).read_text()
 
 
-def test_slurm_submits_with_sbatch(workdir, fake_python):
+@pytest.fixture
+def fake_sbatch(workdir: Path) -> str:
+    """A PATH whose sbatch writes what it was given to bin/submitted and says it submitted job 42."""
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text('#!/usr/bin/env bash\necho "$@" > "$(dirname "$0")/submitted"\necho "Submitted batch job 42"\n')
     (bin_dir / "sbatch").chmod(0o755)
-    result = bench("--slurm", "--quick", cwd=workdir, PYTHON=fake_python, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+def test_slurm_submits_with_sbatch(workdir, fake_python, fake_sbatch):
+    result = bench("--slurm", "--quick", cwd=workdir, PYTHON=fake_python, PATH=fake_sbatch)
     assert result.returncode == 0, result.stderr
     assert "Submitted batch job 42" in result.stdout
     job = slurm_job(result.stdout)
-    assert (bin_dir / "submitted").read_text().strip() == str(job)
+    assert (workdir / "bin" / "submitted").read_text().strip() == str(job)
     assert "#SBATCH --array=0-7" in job.read_text()
 
 
@@ -375,6 +490,11 @@ def test_quick_profile_end_to_end_with_report(workdir):
     # resume: the same command again runs nothing
     again = bench("--quick", "--dry-run", *TINY_PPO, cwd=workdir)
     assert commands(again) == [] and again.stdout.count("# skip (finished):") == 8
+    # the quick profile's own budget does not take these runs for its own
+    line = one_line_failure(bench("--quick", "--dry-run", cwd=workdir))
+    assert line.startswith("error: 8 runs in runs/ hold other settings than this sweep's, e.g. runs/BreakoutNoFrameskip-v4__"
+                           "ppo_atari_hadamard__relu__1 (--total-timesteps 128, this sweep: 50000; --metrics-interval 64, "
+                           "this sweep: 5000; --metrics-batch-size 32, this sweep: 1024; and 4 more): "), line
 
 
 # ------------------------------------------------------------------------------------------------------------
