@@ -1,14 +1,19 @@
 # DQN on Atari with a Hadamard representation (Kooi et al., arXiv 2406.09079), after CleanRL's dqn_atari.py,
 # with a replay buffer that stores each 84x84 frame once (about 7 GB for 1M transitions instead of 26 GiB).
 # Usage: python dqn_atari_hadamard.py --env-id BreakoutNoFrameskip-v4 --hadamard
+import contextlib
 import difflib
+import fcntl
+import io
 import json
 import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -60,6 +65,8 @@ class Args:
     # the H200's 430 steps per second
     checkpoint_interval: int = 2_000_000
     """write a checkpoint to `runs/<run_name>/checkpoint.pt` every this many environment steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
+    keep_checkpoint: bool = False
+    """keep the checkpoint of a finished run (by default it is removed once done.json is written), to extend the run later"""
     checkpoint_buffer: bool = True
     """checkpoints hold the replay buffer (7 GB at 1M transitions); without it a resumed run refills it for --learning-starts steps"""
 
@@ -116,6 +123,10 @@ class Args:
     """compile the TD loss with torch.compile (about 10% faster updates on CPU after a start-up of tens of seconds)"""
 
 
+# the Args fields the script computes: config.json holds them, but they are not flags (DQN computes none)
+COMPUTED = set()
+
+
 def duration(seconds: float) -> str:
     """`h:mm:ss` for the progress line."""
     seconds = int(seconds)
@@ -127,9 +138,47 @@ def fail(message: str):
     sys.exit(f"error: {message}")
 
 
+def parse_args() -> Args:
+    """The flags. A flag that tyro rejects (unknown, a bad choice or type, a missing value) is one line on stderr with tyro's
+    message and exit 2, not tyro's box of several lines; --help prints to stdout as tyro does."""
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        return tyro.cli(Args)
+    box, columns = io.StringIO(), os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100000"  # tyro's box as wide as its text: no line of its message is wrapped
+    try:
+        with contextlib.redirect_stderr(box):
+            args = tyro.cli(Args)
+        sys.stderr.write(box.getvalue())  # tyro's warnings, if any
+        return args
+    except SystemExit as exc:
+        if not exc.code:
+            raise
+    finally:
+        del os.environ["COLUMNS"]
+        if columns is not None:
+            os.environ["COLUMNS"] = columns
+    # the box's sections are split by rules: tyro's message first; after an unknown flag, "Perhaps you meant:" and flags
+    text = re.sub(r"\x1b\[[0-9;]*m", "", box.getvalue())  # (without colours)
+    sections = [[]]
+    for line in (line.strip().strip("│").strip() for line in text.splitlines() if line.strip().startswith("│")):
+        if re.fullmatch("─+", line):
+            sections.append([])
+        else:
+            sections[-1].append(line)
+    message = " ".join(sections[0]) or " ".join(text.split()) or "the flags cannot be parsed"
+    message = re.sub(r"^error:? ", "", message, flags=re.I)  # tyro's "Error parsing --seed: ..." after our "error: "
+    meant = [line.split()[0].rstrip(",") for section in sections if section[:1] == ["Perhaps you meant:"]
+             for line in section[1:] if line.startswith("-")]
+    if meant:
+        message += f" (did you mean {', '.join(dict.fromkeys(meant[:3]))}?)"
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tuple[str, float]:
-    """`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5` -> (ALE ROM id, sticky-action probability)."""
-    match = re.fullmatch(r"(ALE/)?([A-Za-z0-9]+?)(NoFrameskip)?-v[45]", env_id)
+    """`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5` -> (ALE ROM id, sticky-action probability). Other ids of
+    a game (gymnasium's `Breakout-v4` skips 2-4 frames at random) are errors: the envs here would not be what they name."""
+    match = re.fullmatch(r"(ALE/)?([A-Za-z0-9]+?)(NoFrameskip)?-v([0-9]+)", env_id)
     roms = {rom.replace("_", ""): rom for rom in get_all_rom_ids()}
     if match is None or match.group(2).lower() not in roms:
         names = ["".join(part.capitalize() for part in rom.split("_")) for rom in roms.values()]
@@ -137,9 +186,13 @@ def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tup
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(f'{n}NoFrameskip-v4' for n in close)}?" if close else ""
         fail(f"unknown Atari game in env id {env_id!r} (expected e.g. BreakoutNoFrameskip-v4, ALE/Breakout-v5 or Breakout-v5){hint}")
+    ale, game, no_frameskip, version = match.groups()
+    if (ale, no_frameskip, version) not in ((None, "NoFrameskip", "4"), ("ALE/", None, "5"), (None, None, "5")):
+        name = "".join(part.capitalize() for part in roms[game.lower()].split("_"))
+        fail(f"unsupported env id {env_id!r}: use {name}NoFrameskip-v4, ALE/{name}-v5 (sticky actions 0.25) or {name}-v5")
     if repeat_action_probability is None:
-        repeat_action_probability = 0.25 if match.group(1) else 0.0
-    return roms[match.group(2).lower()], repeat_action_probability
+        repeat_action_probability = 0.25 if ale else 0.0
+    return roms[game.lower()], repeat_action_probability
 
 
 def make_env(rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30, **kwargs) -> AtariVectorEnv:
@@ -511,6 +564,8 @@ def make_optimizer(params, learning_rate: float):
 def load_model(path: str) -> dict:
     """A model file written by `--save-model` of this script (or a checkpoint of it), read with weights_only=True; anything else is a
     clear error."""
+    if os.path.isdir(path):
+        fail(f"{path} is a folder, not a model file: give the one in it (<exp_name>.pt from --save-model, or checkpoint.pt)")
     if not os.path.isfile(path):
         fail(f"model file not found: {path}")
     try:
@@ -573,6 +628,12 @@ def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, ep
 
 def check_args(args: Args):
     """Settings that cannot work together stop here, before anything is written."""
+    for name in ("run_name", "exp_name"):  # a folder under runs/ (the default run name and the model file hold exp_name)
+        value = getattr(args, name)
+        if value is not None and (value in ("", ".", "..") or "/" in value or len(value.encode()) > 255):
+            fail(f"--{name.replace('_', '-')} {value!r} is not one folder name (no '/', not '.' or '..', 255 bytes at most)")
+    if not 0 <= args.seed < 2**31:
+        fail(f"--seed must be in [0, 2**31 - 1] (the emulator's seeds), got {args.seed}")
     for name, value in asdict(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
@@ -592,15 +653,28 @@ def check_args(args: Args):
     for name in ("gamma", "start_e", "end_e", "exploration_fraction"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.start_e < args.end_e:  # linear_schedule would hold epsilon at --end-e from the first step
+        fail(f"--start-e {args.start_e} is below --end-e {args.end_e}: epsilon decays from --start-e to --end-e")
     if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
         fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
+    if args.eval_model is not None and args.eval_episodes == 0:
+        fail("--eval-model needs --eval-episodes of at least 1")
+    if args.capture_video and args.eval_episodes == 0:
+        fail("--capture-video records the evaluation's games: it needs --eval-episodes of at least 1")
+    if args.buffer_size < args.batch_size:
+        fail(f"--buffer-size {args.buffer_size} is less than one --batch-size of {args.batch_size}")
+    if args.learning_starts >= args.total_timesteps and args.eval_model is None:
+        fail(f"--learning-starts {args.learning_starts} is not below --total-timesteps {args.total_timesteps}: "
+             "the run would never learn")
 
 
 # ----------------------------------------------------------------------------- checkpoints and interrupts
 CHECKPOINT = "checkpoint.pt"
-# flags that may change when a run resumes: they change where and how it runs, not what it learns
+STARTS = "starts.log"  # one line per start of the run; its lock keeps a second process out of the run folder
+# flags that may change when a run resumes: they change where and how it runs, not what it learns (--run-name is the folder
+# itself: a checkpoint of a run started without it holds None)
 RESUME_MAY_CHANGE = {"cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "save_model", "eval_episodes", "env_threads",
-                     "checkpoint_interval", "checkpoint_buffer", "compile"}
+                     "checkpoint_interval", "checkpoint_buffer", "compile", "keep_checkpoint", "run_name"}
 
 
 class Interrupts:
@@ -634,19 +708,97 @@ def rng_states() -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
+def cuda_rng_states_that_fit(saved: list, visible: int, current: int) -> dict:
+    """{device index: saved CUDA generator state} to restore where `visible` GPUs are: each visible device that has a saved
+    state (a checkpoint written where more GPUs were visible gives its first ones), and always the current device, the
+    run's (the first saved state if the checkpoint has none of its index). Nothing when the checkpoint was written on a CPU."""
+    fit = dict(enumerate(saved[:visible]))
+    if saved and visible and current not in fit:
+        fit[current] = saved[0]
+    return fit
+
+
 def set_rng_states(states: dict):
     random.setstate(states["python"])
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():  # a run moved from CPU to CUDA keeps CUDA's seeded start
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if torch.cuda.is_available():  # a run moved from CPU to CUDA keeps CUDA's seeded start
+        fit = cuda_rng_states_that_fit(states["cuda"], torch.cuda.device_count(), torch.cuda.current_device())
+        for index, state in fit.items():
+            torch.cuda.set_rng_state(state, index)
 
 
-def save_checkpoint(path: str, state: dict, writer: SummaryWriter):
+def process_start_time() -> float:
+    """When this process started (Linux: from /proc, so that Python's start-up and imports count; elsewhere: now)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, counted after the command name
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+def free_space(path: str) -> str:
+    return f"{shutil.disk_usage(path).free / 2**20:,.1f} MiB free on its disk"
+
+
+def open_writer(run_dir: str) -> SummaryWriter:
+    """The run's TensorBoard writer; a file that cannot be written (a full disk, say) is one line. The writer's thread
+    raises its error here too: its own traceback is kept quiet."""
+    thread_hook, threading.excepthook = threading.excepthook, lambda hook_args: None
+    try:
+        writer = SummaryWriter(run_dir)
+    except OSError as exc:
+        fail(f"cannot write the TensorBoard events in {run_dir} ({exc}): {free_space(run_dir)}")
+    threading.excepthook = thread_hook
+    return writer
+
+
+def folder_state(run_dir: str) -> dict:
+    """The size and time of the files that decide how a command starts in `run_dir`."""
+    paths = [os.path.join(run_dir, name) for name in ("config.json", CHECKPOINT, "done.json")]
+    return {path: (os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths if os.path.isfile(path)}
+
+
+def own_run_folder(run_dir: str, checked: dict, note: str):
+    """Make this process the only writer of `run_dir` for its life: an exclusive lock on the folder's starts.log, to which
+    this start's line (`note`) is appended. A folder another process holds, or one changed since it was `checked` (by a
+    process that ended meanwhile), is one line and an exit, with nothing written. Returns the open log (the lock lasts
+    while it is open) and the number of starts it records, this one included."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        log = open(os.path.join(run_dir, STARTS), "a+")
+    except OSError as exc:
+        fail(f"cannot write to {run_dir} ({exc})")
+    try:
+        fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.seek(0)
+        holder = (log.read().splitlines() or ["not logged yet"])[-1]
+        fail(f"{run_dir} is in use by another process (its start: {holder}): wait for it to end, or give another --run-name")
+    except OSError as exc:  # a file system without locks
+        print(f"warning: cannot lock {log.name} ({exc}): make sure that no other process writes {run_dir}", file=sys.stderr,
+              flush=True)
+    if folder_state(run_dir) != checked:
+        fail(f"{run_dir} changed while this command started (another process wrote it meanwhile): run the command again")
+    try:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S %z')} pid {os.getpid()} on {os.uname().nodename}: {note}\n")
+        log.flush()
+    except OSError as exc:
+        fail(f"cannot write to {run_dir} ({exc}): {free_space(run_dir)}")
+    log.seek(0)
+    return log, len(log.read().splitlines())
+
+
+def save_checkpoint(path: str, state: dict, writer: SummaryWriter, on_signal: bool) -> bool:
     """Write `state` atomically: to a temporary file, flushed to disk, then renamed over the previous checkpoint, so that
     a crash mid-write leaves that one intact. The TensorBoard events logged so far are flushed first and the sizes of
-    their files recorded: a resumed run cuts the files back to them, dropping what was logged after the checkpoint."""
+    their files recorded: a resumed run cuts the files back to them, dropping what was logged after the checkpoint.
+    A write that fails (a full disk, say) leaves the previous checkpoint too: on a signal that is one line and an exit;
+    otherwise a warning, and the run goes on (the next interval tries again). Returns whether the checkpoint was written."""
     writer.flush()
     run_dir = os.path.dirname(path)
     state["event_files"] = {name: os.path.getsize(os.path.join(run_dir, name)) for name in os.listdir(run_dir) if name.startswith("events.out.tfevents.")}
@@ -654,17 +806,30 @@ def save_checkpoint(path: str, state: dict, writer: SummaryWriter):
         torch.save(state, path + ".tmp")
         with open(path + ".tmp", "rb+") as f:
             os.fsync(f.fileno())
-    except (OSError, RuntimeError) as exc:  # a full disk, say: the previous checkpoint stays
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as exc:  # torch says "unexpected pos" where the disk is full
+        written = os.path.getsize(path + ".tmp") if os.path.isfile(path + ".tmp") else 0
         if os.path.isfile(path + ".tmp"):
             os.remove(path + ".tmp")
-        fail(f"cannot write checkpoint {path} ({str(exc).splitlines()[0]}); the previous one, if any, stays")
-    os.replace(path + ".tmp", path)
+        if os.path.isfile(path):
+            needed = f"about {os.path.getsize(path) / 2**20:,.1f} MiB (the previous one's size) next to the previous one"
+        else:
+            needed = f"more than the {written / 2**20:,.1f} MiB written before it failed"
+        message = (f"cannot write checkpoint {path} ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}): "
+                   f"it needs {needed}, {free_space(run_dir)}; the previous one, if any, stays")
+        if on_signal:  # exit at once, as a second Ctrl-C does (a SystemExit from here adds ale-py's leak report to the line)
+            sys.stdout.flush()
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            os._exit(1)
+        print(f"warning: {message}; training goes on and tries again at the next checkpoint", file=sys.stderr, flush=True)
+        return False
     try:
         dir_fd = os.open(run_dir, os.O_RDONLY)
         os.fsync(dir_fd)  # the rename itself survives a crash
         os.close(dir_fd)
     except OSError:  # some network file systems cannot sync a folder
         pass
+    return True
 
 
 def cut_events(run_dir: str, sizes: dict):
@@ -699,17 +864,44 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
         except Exception as exc:
             fail(f"cannot read checkpoint {path} ({type(exc).__name__}: truncated or not a checkpoint); the run is left as it is: "
                  "remove the file to train the run again from step 0")
-        if not isinstance(resume, dict) or not {"args", "optimizer", "global_step", "rng"} <= resume.keys():
+        if not isinstance(resume, dict) or not isinstance(resume.get("args"), dict):
             fail(f"{path} is not a checkpoint of dqn_atari_hadamard.py; the run is left as it is")
         saved = {**saved, **resume["args"], "algorithm": resume.get("algorithm")}
     if saved and (saved.get("algorithm") != "dqn" or saved.get("eval_only")):
         what = "an --eval-model run" if saved.get("eval_only") else f"a {saved.get('algorithm')} run"
         fail(f"{run_dir} holds {what}, not a training run of dqn_atari_hadamard.py: give another --run-name")
+    missing = sorted(RESUME_KEYS - resume.keys()) if resume is not None else []
+    if missing:
+        fail(f"{path} is not a checkpoint of dqn_atari_hadamard.py (it lacks {', '.join(missing)}); the run is left as it is")
     differ = [f"--{key.replace('_', '-')} {saved[key]!r} (this command: {value!r})" for key, value in asdict(args).items()
               if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value]
     if differ:
         fail(f"{run_dir} holds a run with other settings: {', '.join(differ)}; resume it with its own flags or give another --run-name")
     return resume, saved
+
+
+def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **networks: nn.Module):
+    """Before anything is written: the checkpoint's state dicts load into the networks (by their key in it) and the optimizer
+    built from this command's flags, and its generator states are valid (set, then put back). A misfit (a checkpoint of
+    another version of the network, say) is one line, the run left as it is."""
+    generators = rng_states()
+    try:
+        for key, network in networks.items():
+            network.load_state_dict(resume[key])
+        optimizer.load_state_dict(resume["optimizer"])
+        for param in (param for group in optimizer.param_groups for param in group["params"]):
+            for name, value in optimizer.state.get(param, {}).items():  # load_state_dict leaves their shapes unchecked
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"optimizer state {name} of shape {tuple(value.shape)} for a parameter of shape "
+                                     f"{tuple(param.shape)}")
+        set_rng_states(resume["rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        # load_state_dict's first line is a heading, its second the first misfit
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+        fail(f"checkpoint {path} does not fit the network and optimizer of this command ({type(exc).__name__}: {detail}); "
+             "the run is left as it is")
+    finally:
+        set_rng_states(generators)
 
 
 def env_seed(seed: int, global_step: int) -> int:
@@ -721,6 +913,11 @@ def model_state(args: Args, q_network: QNetwork, num_actions: int) -> dict:
     """What a model file holds (`--save-model`, read by `--eval-model`); every checkpoint holds it too."""
     return {"algorithm": "dqn", "args": asdict(args), "num_actions": num_actions, "representation_width": q_network.q.in_features,
             "state_dict": q_network.state_dict()}
+
+
+# what restore() and the resumed loop read from a checkpoint (checked before anything is written)
+RESUME_KEYS = {"args", "state_dict", "target_state_dict", "optimizer", "global_step", "learning_starts", "next_probe_step",
+               "recent_returns", "elapsed", "resumes", "rng", "replay_rng", "exploration_rng", "event_files"}
 
 
 def restore(resume: dict, q_network: QNetwork, target_network: QNetwork, optimizer: optim.Optimizer, rb: FrameReplayBuffer,
@@ -739,16 +936,18 @@ def restore(resume: dict, q_network: QNetwork, target_network: QNetwork, optimiz
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = parse_args()
     interrupts = Interrupts()  # from here on a signal stops the run at the end of a step, with a checkpoint
     check_args(args)
     model_file = load_model(args.eval_model) if args.eval_model else None
     if model_file is not None:  # evaluate the saved model on the game and network it was trained with
-        if args.env_id not in (Args.env_id, model_file["args"]["env_id"]):
-            fail(f"model file {args.eval_model} was trained on {model_file['args']['env_id']}, not {args.env_id}; leave --env-id out to "
-                 "evaluate it on its own game")
-        args.env_id, args.activation = model_file["args"]["env_id"], model_file["args"]["activation"]
-        args.hadamard, args.param_matched = model_file["args"]["hadamard"], model_file["args"]["param_matched"]
+        for key in ("env_id", "activation", "hadamard", "param_matched"):
+            saved, flag = model_file["args"][key], "--" + key.replace("_", "-")
+            if getattr(args, key) not in (getattr(Args, key), saved):  # a flag left at its default takes the model's value
+                trained = f"on {saved}" if key == "env_id" else f"with {flag} {saved}"
+                fail(f"model file {args.eval_model} was trained {trained}, not {getattr(args, key)}; leave {flag} out to "
+                     "evaluate it as it was trained")
+            setattr(args, key, saved)
     rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
     if args.track:
         try:
@@ -756,13 +955,15 @@ if __name__ == "__main__":
         except ImportError:
             fail("--track needs wandb: pip install wandb")
     variant = args.activation + ("_hr" if args.hadamard else "") + ("_pm" if args.param_matched else "")
-    run_name = args.run_name or f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    # one folder under runs/: ALE/Breakout-v5 runs are ALE-Breakout-v5__..., as benchmark.sh names them
+    run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name)
     checkpoint_path = os.path.join(run_dir, CHECKPOINT)
     # the same --run-name again resumes the run from its checkpoint
     resume_hint = "run the same command to resume" if args.run_name else f"run the same command with --run-name {run_name} to resume"
     if model_file is not None and os.path.exists(os.path.join(run_dir, "config.json")):
         fail(f"{run_dir} holds another run: give the evaluation another --run-name")
+    checked = folder_state(run_dir)  # the folder is taken (own_run_folder) only once every check has passed
     resume, saved_config = check_resume(run_dir, args) if model_file is None else (None, {})
 
     # TRY NOT TO MODIFY: seeding
@@ -782,11 +983,20 @@ if __name__ == "__main__":
     else:
         width = representation_width(args.hadamard, args.param_matched, num_actions)
         q_network = QNetwork(num_actions, args.activation, args.hadamard, width).to(device)
+        optimizer = make_optimizer(q_network.parameters(), args.learning_rate)
+        target_network = QNetwork(num_actions, args.activation, args.hadamard, q_network.q.in_features).to(device)
+        target_network.load_state_dict(q_network.state_dict())
+        if resume is not None:
+            check_checkpoint(resume, checkpoint_path, optimizer, state_dict=q_network, target_state_dict=target_network)
     num_parameters = sum(p.numel() for p in q_network.parameters())
     print(f"{run_name}: {variant} representation, {num_parameters:,} parameters, device {device}")
 
     # Output: nothing is written before this point.
-    os.makedirs(run_dir, exist_ok=True)
+    start_note = (f"evaluate {args.eval_model}" if model_file is not None
+                  else f"resume from step {resume['global_step']}" if resume is not None else "start")
+    starts_log, starts = own_run_folder(run_dir, checked, start_note)
+    if os.path.exists(checkpoint_path + ".tmp"):  # left by a process killed while it wrote a checkpoint
+        os.remove(checkpoint_path + ".tmp")
     if resume is not None:
         cut_events(run_dir, resume["event_files"])  # what the interrupted run logged after its checkpoint goes
     elif saved_config:
@@ -795,27 +1005,29 @@ if __name__ == "__main__":
     wandb_id = saved_config.get("wandb_id") or (os.urandom(4).hex() if args.track else None)  # a resumed run logs to the same W&B run
     config = {**asdict(args), "algorithm": "dqn", "variant": variant, "num_parameters": num_parameters,
               "representation_width": q_network.q.in_features, "run_name": run_name, "device": str(device),
-              "eval_only": model_file is not None, "wandb_id": wandb_id}
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+              "eval_only": model_file is not None, "wandb_id": wandb_id,
+              "sticky_action_probability": repeat_action_probability}  # the one used (--repeat-action-probability may be None)
+    try:
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    except OSError as exc:  # a full disk, say
+        fail(f"cannot write {os.path.join(run_dir, 'config.json')} ({exc}): {free_space(run_dir)}")
     if args.track:
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config,
                    name=run_name, save_code=True, dir=run_dir, id=wandb_id, resume="allow")
-    writer = SummaryWriter(run_dir)
+    writer = open_writer(run_dir)
     if resume is None:
         writer.add_text(
             "hyperparameters",
             "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
         )
 
-    global_step, start_time, elapsed_before, resumes = 0, time.time(), 0.0, 0
+    global_step, start_time, elapsed_before, resumes = 0, time.time(), 0.0, starts - 1
+    process_start = process_start_time()  # the run's wall time counts each process from its start, start-up included
     if model_file is not None:
         interrupts.exit_line = "interrupted: evaluation stopped"
     else:
-        optimizer = make_optimizer(q_network.parameters(), args.learning_rate)
         loss_fn = torch.compile(td_loss) if args.compile else td_loss
-        target_network = QNetwork(num_actions, args.activation, args.hadamard, q_network.q.in_features).to(device)
-        target_network.load_state_dict(q_network.state_dict())
         rb = FrameReplayBuffer(args.buffer_size, args.num_envs, envs.single_observation_space.shape[1:],
                                envs.single_observation_space.shape[0], seed=args.seed)
         rng = np.random.default_rng(args.seed)  # exploration
@@ -827,7 +1039,8 @@ if __name__ == "__main__":
         probe_size = min(args.metrics_batch_size, args.buffer_size)
         if resume is not None:
             global_step, next_probe_step = resume["global_step"], resume["next_probe_step"]
-            elapsed_before, resumes = resume["elapsed"], resume["resumes"] + 1
+            # a run begun before starts.log counted its resumes in the checkpoint only
+            elapsed_before, resumes = resume["elapsed"], max(resumes, resume["resumes"] + 1)
             recent_returns.extend(resume["recent_returns"])
             buffer_restored = restore(resume, q_network, target_network, optimizer, rb, rng)
             # without its replay buffer the run refills it for --learning-starts steps before it trains again
@@ -843,7 +1056,7 @@ if __name__ == "__main__":
             state = {**model_state(args, q_network, num_actions), "target_state_dict": target_network.state_dict(),
                      "optimizer": optimizer.state_dict(), "global_step": global_step, "learning_starts": learning_starts,
                      "next_probe_step": next_probe_step, "recent_returns": [float(r) for r in recent_returns],
-                     "elapsed": elapsed_before + time.time() - start_time, "resumes": resumes, "rng": rng_states(),
+                     "elapsed": elapsed_before + time.time() - process_start, "resumes": resumes, "rng": rng_states(),
                      "replay_rng": rb.rng.bit_generator.state, "exploration_rng": rng.bit_generator.state}
             return {**state, "replay_buffer": rb.state_dict()} if with_buffer else state
 
@@ -917,7 +1130,10 @@ if __name__ == "__main__":
 
             # a checkpoint every --checkpoint-interval steps, and on SIGTERM, SIGUSR1 or Ctrl-C, which then ends the run
             if interrupts.signum or checkpoint_due(global_step, n, args.checkpoint_interval):
-                save_checkpoint(checkpoint_path, training_state(args.checkpoint_buffer), writer)
+                written = save_checkpoint(checkpoint_path, training_state(args.checkpoint_buffer), writer,
+                                          on_signal=bool(interrupts.signum))
+                if not written and interrupts.signum:  # the signal came during a periodic one that failed: it must be written
+                    save_checkpoint(checkpoint_path, training_state(args.checkpoint_buffer), writer, on_signal=True)
             if interrupts.signum:  # (a signal during the write finds the checkpoint current)
                 print(f"interrupted at step {global_step}: checkpoint written to {checkpoint_path}; {resume_hint}", flush=True)
                 envs.close()
@@ -927,8 +1143,9 @@ if __name__ == "__main__":
                 sys.exit(128 + interrupts.signum)
 
         if args.save_model or args.capture_video:  # the evaluation follows: it starts from a checkpoint of the finished training
-            save_checkpoint(checkpoint_path, training_state(with_buffer=False), writer)
-            interrupts.exit_line = f"interrupted during the evaluation: training is finished, checkpointed to {checkpoint_path}; {resume_hint}"
+            written = save_checkpoint(checkpoint_path, training_state(with_buffer=False), writer, on_signal=False)
+            checkpointed = f"checkpointed to {checkpoint_path}" if written else "but its checkpoint failed (above)"
+            interrupts.exit_line = f"interrupted during the evaluation: training is finished, {checkpointed}; {resume_hint}"
 
     envs.close()
     eval_returns = []
@@ -950,8 +1167,12 @@ if __name__ == "__main__":
 
     writer.close()
     with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
-        json.dump({"global_step": global_step, "wall_time_s": elapsed_before + time.time() - start_time, "resumes": resumes,
+        # the processes the result comes from, each from its start (start-up included) to the checkpoint the next one
+        # resumed from; resumes: every start after the first (starts.log), those that ended before a checkpoint included
+        json.dump({"global_step": global_step, "wall_time_s": elapsed_before + time.time() - process_start, "resumes": resumes,
                    "eval_returns": eval_returns}, f)
+    if not args.keep_checkpoint and os.path.exists(checkpoint_path):  # a finished run's checkpoint (DQN's: its buffer) goes
+        os.remove(checkpoint_path)
     videos = f", videos in {os.path.join('videos', run_name)}/" if args.capture_video else ""
     print(f"done: outputs in {run_dir}/ (TensorBoard: tensorboard --logdir {os.path.dirname(run_dir)}){videos}", flush=True)
     if args.track:

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -20,11 +22,22 @@ sys.path.insert(0, str(ROOT))
 SCRIPT_ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
 
 
-def run_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python <script> <args>` in `cwd`, capturing its output."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True, timeout=timeout
-    )
+def file_size_limit(limit: Optional[int]):
+    """A `preexec_fn` that makes every write past `limit` bytes of a file fail with EFBIG (what a full disk does with
+    ENOSPC), or None for no limit."""
+
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error to the writer, not a signal that kills it
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec if limit is not None else None
+
+
+def run_script(script: str, *args: str, cwd: Path, timeout: float = 600,
+               max_file_size: Optional[int] = None) -> subprocess.CompletedProcess:
+    """Run `python <script> <args>` in `cwd`, capturing its output (with `max_file_size`, under that file size limit)."""
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=file_size_limit(max_file_size))
 
 
 def run_ok(script: str, *args: str, cwd: Path) -> Path:
@@ -158,9 +171,11 @@ RESUMED = "resumed"  # the --run-name of the interrupted and resumed runs
 class Background:
     """A training script running in the background, its output collected as it comes."""
 
-    def __init__(self, script: str, *args: str, cwd: Path):
+    def __init__(self, script: str, *args: str, cwd: Path, max_file_size: Optional[int] = None):
+        self.started = time.time()
         self.process = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        preexec_fn=file_size_limit(max_file_size))
         self.out, self.err = [], []
         self.readers = [threading.Thread(target=lambda pipe=pipe, lines=lines: lines.extend(pipe), daemon=True)
                         for pipe, lines in ((self.process.stdout, self.out), (self.process.stderr, self.err))]
@@ -183,10 +198,10 @@ class Background:
 
 
 def interrupt(script: str, *args: str, cwd: Path, signals=(signal.SIGTERM,), ready=None, delay: float = 0.0,
-              between: float = 0.3) -> subprocess.CompletedProcess:
+              between: float = 0.3, max_file_size: Optional[int] = None) -> subprocess.CompletedProcess:
     """Run the script, send `signals` (`between` seconds apart) once `ready()` holds (default: its first progress line, the
     end of its first iteration) and `delay` seconds more; return what it did."""
-    run = Background(script, *args, cwd=cwd)
+    run = Background(script, *args, cwd=cwd, max_file_size=max_file_size)
     run.wait_for(ready or (lambda: any(line.startswith("step ") for line in run.out)))
     time.sleep(delay)
     for i, signum in enumerate(signals):
@@ -229,10 +244,10 @@ def assert_steps_increase(scalars: dict):
 
 def assert_interrupted_run_resumes(script: str, args: list, workdir: Path, ready=None) -> tuple[dict, dict, Path]:
     """SIGTERM mid-run (once `ready()`), then the same command: the interrupted run exits 143 with one line naming its
-    checkpoint; a truncated checkpoint, another network and another algorithm are one-line errors that leave the run as it
-    was; the same command then resumes from that step and ends at exactly --total-timesteps with every TensorBoard tag's
-    steps increasing; run again, it is a finished run; --eval-model takes the checkpoint. Returns the interruption's
-    checkpoint, the scalars and the run dir."""
+    checkpoint; a truncated checkpoint, one whose weights do not fit the network, another network and another algorithm
+    are one-line errors that leave the run as it was; the same command (with --keep-checkpoint) then resumes from that step
+    and ends at exactly --total-timesteps with every TensorBoard tag's steps increasing; run again, it is a finished run;
+    --eval-model takes the checkpoint. Returns the interruption's checkpoint, the scalars and the run dir."""
     import torch
 
     args = [*args, "--run-name", RESUMED]
@@ -248,12 +263,15 @@ def assert_interrupted_run_resumes(script: str, args: list, workdir: Path, ready
     with open(checkpoint_file, "r+b") as f:  # as a crash mid-write would leave it, were the write not atomic
         f.truncate(checkpoint_file.stat().st_size // 2)
     assert "cannot read checkpoint" in run_fails_leaving(script, *args, cwd=workdir, run_dir=run_dir)
+    layer = next(iter(checkpoint["state_dict"]))  # a checkpoint of another version of the network: a layer of another shape
+    torch.save({**checkpoint, "state_dict": {**checkpoint["state_dict"], layer: torch.zeros(3)}}, checkpoint_file)
+    assert "does not fit the network" in run_fails_leaving(script, *args, cwd=workdir, run_dir=run_dir)
     shutil.copy(workdir / "checkpoint.pt", checkpoint_file)
     other = "dqn_atari_hadamard.py" if script != "dqn_atari_hadamard.py" else "ppo_atari_hadamard.py"
     assert f"holds a {checkpoint['algorithm']} run" in run_fails_leaving(other, "--run-name", RESUMED, cwd=workdir, run_dir=run_dir)
     assert "--hadamard False (this command: True)" in run_fails_leaving(script, *args, "--hadamard", cwd=workdir, run_dir=run_dir)
 
-    result = run_script(script, *args, cwd=workdir)
+    result = run_script(script, *args, "--keep-checkpoint", cwd=workdir)  # (a finished run's checkpoint goes by default)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming from step {step} (runs/{RESUMED}/checkpoint.pt)" in result.stdout
     done = json.loads((run_dir / "done.json").read_text())
