@@ -2,7 +2,8 @@
 
 Pure functions on torch tensors (CPU or CUDA input; singular values in float64), plus
 `probe`, which collects every hidden layer of a network with forward hooks and returns a flat
-`{tag: float}` dict ready for `SummaryWriter.add_scalar`. Definitions follow DESIGN.md section 4.
+`{tag: float}` dict ready for `SummaryWriter.add_scalar`. Each function's docstring gives its definition and
+reference (the README's "Representation metrics" has them in one table).
 
 Conventions:
 - `features` is the uncentered `N x d` matrix of a layer's outputs (N states, d units).
@@ -163,7 +164,7 @@ def dead_fraction(
     eps_grad: float = 0.02,
     pre_activation_b: torch.Tensor | None = None,
 ) -> float:
-    """Fraction of units through which no gradient flows on any probe state (DESIGN.md section 4).
+    """Fraction of units through which no gradient flows on any probe state.
 
     Plain unit a = act(z): dead when |act'(z)| < eps_grad on every state (tanh: 1 - a^2 < eps, i.e.
     |a| > sqrt(1 - eps) = 0.98995 at eps = 0.02, not 0.99; relu: output 0 on every state).
@@ -289,8 +290,8 @@ def probe(
     with forward hooks on those modules, over `chunk_size` states at a time (on 2 CPU cores one
     forward of 1024 states took 1.6x as long as four of 256: the conv maps outgrow the cache); every
     metric sees the whole batch. Returns `{"representation/<layer>/<metric>": value}` for every
-    layer and `{"representation/<metric>": value}` for the layer named `representation`
-    (DESIGN.md section 5), ready for `SummaryWriter.add_scalar`.
+    layer and `{"representation/<metric>": value}` for the layer named `representation`,
+    ready for `SummaryWriter.add_scalar`.
     """
     if representation not in layers:
         raise ValueError(f"representation layer {representation!r} is not among the probed layers {list(layers)}")

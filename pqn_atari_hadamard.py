@@ -1,7 +1,7 @@
 # PQN (Gallici et al., "Simplifying Deep Temporal Difference Learning", ICLR 2025) on Atari with an optional
 # layer-normalised Hadamard representation (Kooi et al., arXiv 2406.09079). Forked from CleanRL's
 # pqn_atari_envpool.py: online Q(lambda) from vectorised envs, no replay buffer, no target network, LayerNorm.
-# The envs are ale_py's AtariVectorEnv; see DESIGN.md for the env semantics, the network and the metrics.
+# The envs are ale_py's AtariVectorEnv; the README says how they are set up (env semantics, network, metrics).
 import contextlib
 import difflib
 import fcntl

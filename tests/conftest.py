@@ -114,7 +114,7 @@ def workdir(tmp_path: Path) -> Path:
 
 def assert_metrics_do_not_change_the_run(script: str, args: list, probe_flags: list, workdir: Path) -> dict:
     """The same run with the probe on (`probe_flags`) and off (`--metrics-interval 0`) logs identical losses and
-    identical games: the probe draws with its own generator and touches no training generator (DESIGN section 4).
+    identical games: the probe draws with its own generator and touches no training generator.
     Returns the scalars of both runs."""
     scalars = {}
     for name, flags in (("on", probe_flags), ("off", ["--metrics-interval", "0"])):

@@ -1,4 +1,4 @@
-"""Tests of common_metrics.py against DESIGN.md section 4: worked values, hand-computed cases, exact
+"""Tests of common_metrics.py against their definitions (README, "Representation metrics"): worked values, hand-computed cases, exact
 threshold boundaries, properties (hypothesis), bad input, and the forward-hook probe."""
 
 import math
@@ -52,7 +52,7 @@ UNIT_FNS = (cm.dormant_fraction, cm.dead_fraction, cm.saturation_fraction)
 @pytest.mark.parametrize(
     "fn, x, kwargs, expected",
     [
-        # DESIGN.md section 4
+        # the worked values of the definitions
         (cm.srank, torch.eye(4), {}, 4),
         (cm.srank, torch.ones(8, 4), {}, 1),
         (cm.effective_rank, diag(4, 3, 2, 1), {}, 3.596115),
@@ -160,7 +160,7 @@ def test_dead_fraction_conv_is_per_channel():
         ),
         # relu: relu(1) * relu(0): dh/dza = 1 * 0, dh/dzb = 1 * relu'(0) = 0 -> dead; relu(1) * relu(2) alive
         ("relu", ([1, 1], [1, -1]), ([0, -1], [2, 2]), 1 / 2),
-        # DESIGN section 4's worked values (2 states, 3 units): both branches saturated (dead) | a saturated, b passes
+        # the dead rule's worked values (2 states, 3 units): both branches saturated (dead) | a saturated, b passes
         # gradient while a = tanh(5) != 0 | both small and unsaturated: alive, although |act'(za) b| < 0.02
         ("tanh", ([5, 6], [5, 6], [0.01, 0.02]), ([7, -8], [0.1, 0.2], [0.02, -0.01]), 1 / 3),
         # a always 0 | never both positive | alive
