@@ -91,7 +91,7 @@ def main():
                 for _ in range(args.repeats):
                     reset_peak_rss()
                     before, start = peak_rss(), time.perf_counter()
-                    module.save_checkpoint(path, state, writer)
+                    module.save_checkpoint(path, state, writer, on_signal=True)  # a failed write stops the bench
                     writes.append(time.perf_counter() - start)
                     growth.append(peak_rss() - before)
                     start = time.perf_counter()

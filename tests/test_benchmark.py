@@ -383,8 +383,10 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
     progress = lambda log: log.read_text().count("\nstep ") if log.exists() else 0  # noqa: E731 (progress lines so far)
     for signum in (signal.SIGTERM, signal.SIGINT):
         before = [progress(log) for log in logs]
+        # SIGINT at its default, as from a terminal: a shell that starts with it ignored (a background job) cannot trap it
         sweep_process = subprocess.Popen(["bash", str(BENCHMARK), *sweep], cwd=workdir, env={**SCRIPT_ENV, "PYTHON": sys.executable},
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 300
         while not all(progress(log) > count for log, count in zip(logs, before)):  # each run has done an iteration
             assert sweep_process.poll() is None and time.time() < deadline, sweep_process.communicate()
