@@ -111,7 +111,8 @@ def stable_rank(features: torch.Tensor) -> float:
 
 
 def feature_norm(features: torch.Tensor) -> float:
-    """Mean L2 norm of the rows of `F`: (1/N) sum_n ||F_n||_2 (Lyle et al. 2024, "Disentangling the causes of plasticity loss")."""
+    """Mean L2 norm of the rows of `F`: (1/N) sum_n ||F_n||_2 (Lyle et al. 2024, "Disentangling the causes of plasticity
+    loss")."""
     return _checked(features, "features", (2,)).norm(dim=1).mean().item()
 
 
@@ -219,7 +220,9 @@ def activation_name(module: nn.Module) -> str:
     for cls, name in ACTIVATIONS.items():
         if isinstance(module, cls):
             return name
-    raise ValueError(f"{type(module).__name__} is not a supported activation module ({', '.join(c.__name__ for c in ACTIVATIONS)})")
+    raise ValueError(
+        f"{type(module).__name__} is not a supported activation module ({', '.join(c.__name__ for c in ACTIVATIONS)})"
+    )
 
 
 def is_hadamard(module: nn.Module) -> bool:
@@ -329,7 +332,9 @@ def probe(
             activation = activation_name(module.branch_a[-1])
             if activation_name(module.branch_b[-1]) != activation:
                 raise ValueError(f"HR layer {name!r} mixes activations; both branches must use the same one")
-            metrics = layer_metrics(output, None, activation, captured[(name, "a")], captured[(name, "b")], eps_grad, tau, delta)
+            metrics = layer_metrics(
+                output, None, activation, captured[(name, "a")], captured[(name, "b")], eps_grad, tau, delta
+            )
         else:
             metrics = layer_metrics(output, pre_activation, activation_name(module), eps_grad=eps_grad, tau=tau, delta=delta)
         for metric, value in metrics.items():

@@ -60,15 +60,15 @@ class Args:
     eval_model: Optional[str] = None
     """skip training: load this model file and evaluate it"""
     run_name: Optional[str] = None
-    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`); the same name again resumes it"""
-    # 2M, not PPO's 500k: with the 7 GB buffer a checkpoint took 22 s here (benchmarks/bench_checkpoint.py), 0.5% of 2M steps at
-    # the H200's 430 steps per second
+    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`); the same name resumes it"""
+    # 2M, not PPO's 500k: with the 7 GB buffer a checkpoint took 22 s here (benchmarks/bench_checkpoint.py), 0.5% of 2M
+    # steps at the H200's 430 steps per second
     checkpoint_interval: int = 2_000_000
-    """write a checkpoint to `runs/<run_name>/checkpoint.pt` every this many environment steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
+    """write `runs/<run_name>/checkpoint.pt` every this many environment steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
     keep_checkpoint: bool = False
     """keep the checkpoint of a finished run (by default it is removed once done.json is written), to extend the run later"""
     checkpoint_buffer: bool = True
-    """checkpoints hold the replay buffer (7 GB at 1M transitions); without it a resumed run refills it for --learning-starts steps"""
+    """checkpoints hold the replay buffer (7 GB at 1M transitions); else resuming refills it for --learning-starts steps"""
 
     # Environment
     env_id: str = "BreakoutNoFrameskip-v4"
@@ -167,8 +167,13 @@ def parse_args() -> Args:
             sections[-1].append(line)
     message = " ".join(sections[0]) or " ".join(text.split()) or "the flags cannot be parsed"
     message = re.sub(r"^error:? ", "", message, flags=re.I)  # tyro's "Error parsing --seed: ..." after our "error: "
-    meant = [line.split()[0].rstrip(",") for section in sections if section[:1] == ["Perhaps you meant:"]
-             for line in section[1:] if line.startswith("-")]
+    meant = [
+        line.split()[0].rstrip(",")
+        for section in sections
+        if section[:1] == ["Perhaps you meant:"]
+        for line in section[1:]
+        if line.startswith("-")
+    ]
     if meant:
         message += f" (did you mean {', '.join(dict.fromkeys(meant[:3]))}?)"
     print(f"error: {message}", file=sys.stderr)
@@ -185,7 +190,10 @@ def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tup
         name = match.group(2) if match else env_id
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(f'{n}NoFrameskip-v4' for n in close)}?" if close else ""
-        fail(f"unknown Atari game in env id {env_id!r} (expected e.g. BreakoutNoFrameskip-v4, ALE/Breakout-v5 or Breakout-v5){hint}")
+        fail(
+            f"unknown Atari game in env id {env_id!r} (expected e.g. BreakoutNoFrameskip-v4, ALE/Breakout-v5 "
+            f"or Breakout-v5){hint}"
+        )
     ale, game, no_frameskip, version = match.groups()
     if (ale, no_frameskip, version) not in ((None, "NoFrameskip", "4"), ("ALE/", None, "5"), (None, None, "5")):
         name = "".join(part.capitalize() for part in roms[game.lower()].split("_"))
@@ -195,7 +203,9 @@ def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tup
     return roms[game.lower()], repeat_action_probability
 
 
-def make_env(rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30, **kwargs) -> AtariVectorEnv:
+def make_env(
+    rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30, **kwargs
+) -> AtariVectorEnv:
     """Nature-DQN preprocessing in ale-py's C++ vector env: 30 noop starts, fire reset, frame skip 4 with
     max-pool, 84x84 grayscale, 4-frame stack. A life loss is `terminated` while the game goes on
     (`life_loss_info`); rewards stay raw so that episodic returns are game scores. `kwargs` go to the env."""
@@ -222,7 +232,9 @@ class FireReset(gym.Wrapper):
         return obs, info
 
 
-def make_eval_env(rom: str, repeat_action_probability: float, noop_max: int = 30, video_folder: Optional[str] = None) -> gym.Env:
+def make_eval_env(
+    rom: str, repeat_action_probability: float, noop_max: int = 30, video_folder: Optional[str] = None
+) -> gym.Env:
     """One gymnasium env whose observations equal the vector env's, and that can render frames for
     `--capture-video`; an episode is a whole game."""
     env = AtariEnv(
@@ -343,7 +355,9 @@ class FrameReplayBuffer:
         restored apart, as a checkpoint without the buffer keeps it too."""
         for name in ("frames", "actions", "rewards", "flags", "stamps"):
             if tuple(state[name].shape) != getattr(self, name).shape:
-                raise ValueError(f"the replay buffer's {name} have shape {tuple(state[name].shape)}, expected {getattr(self, name).shape}")
+                raise ValueError(
+                    f"the replay buffer's {name} have shape {tuple(state[name].shape)}, expected {getattr(self, name).shape}"
+                )
             setattr(self, name, state[name].numpy())
         self.pos, self.writes = state["pos"], state["writes"]
 
@@ -368,7 +382,9 @@ class FrameReplayBuffer:
         if cont.size:
             self.actions[cont, prev] = np.asarray(actions)[cont]
             self.rewards[cont, prev] = np.asarray(rewards)[cont]
-            self.flags[cont, prev] |= self.HAS_NEXT | np.where(np.asarray(terminated)[cont], self.TERMINATED, 0).astype(np.uint8)
+            self.flags[cont, prev] |= self.HAS_NEXT | np.where(np.asarray(terminated)[cont], self.TERMINATED, 0).astype(
+                np.uint8
+            )
         self.frames[:, slot] = obs[:, -1]
         self.flags[:, slot] = np.where(episode_start, self.EPISODE_START, 0)
         self.stamps[:, slot] = self.writes
@@ -533,7 +549,9 @@ def td_loss(q_network, target_network, frames, actions, rewards, dones, gamma: f
     return F.mse_loss(td_target, old_val), old_val.detach().mean()
 
 
-def td_update(q_network, target_network, optimizer, frames, actions, rewards, terminated, gamma: float, device, loss_fn=td_loss):
+def td_update(
+    q_network, target_network, optimizer, frames, actions, rewards, terminated, gamma: float, device, loss_fn=td_loss
+):
     """One DQN step on a replay batch (frames: n x 5 x 84 x 84 uint8, obs = frames[:, :-1], next obs = frames[:, 1:];
     raw rewards, clipped with sign in the loss). `loss_fn` is `td_loss` or its `torch.compile`d version."""
     frames = torch.from_numpy(frames).to(device)
@@ -562,8 +580,8 @@ def make_optimizer(params, learning_rate: float):
 
 # ----------------------------------------------------------------------------- models and evaluation
 def load_model(path: str) -> dict:
-    """A model file written by `--save-model` of this script (or a checkpoint of it), read with weights_only=True; anything else is a
-    clear error."""
+    """A model file written by `--save-model` of this script (or a checkpoint of it), read with weights_only=True; anything
+    else is a clear error."""
     if os.path.isdir(path):
         fail(f"{path} is a folder, not a model file: give the one in it (<exp_name>.pt from --save-model, or checkpoint.pt)")
     if not os.path.isfile(path):
@@ -578,7 +596,11 @@ def load_model(path: str) -> dict:
         fail(f"model file {path} is not a DQN model of dqn_atari_hadamard.py (found {found!r})")
     saved = checkpoint.get("args")
     missing = [key for key in ("num_actions", "representation_width") if key not in checkpoint]
-    missing += [f"args.{key}" for key in ("env_id", "activation", "hadamard", "param_matched") if not isinstance(saved, dict) or key not in saved]
+    missing += [
+        f"args.{key}"
+        for key in ("env_id", "activation", "hadamard", "param_matched")
+        if not isinstance(saved, dict) or key not in saved
+    ]
     if missing:
         fail(f"model file {path} lacks {', '.join(missing)}: not written by dqn_atari_hadamard.py --save-model")
     return checkpoint
@@ -595,8 +617,17 @@ def build_q_network(checkpoint: dict, device) -> QNetwork:
     return q_network.to(device)
 
 
-def evaluate(q_network: QNetwork, rom: str, repeat_action_probability: float, episodes: int, epsilon: float, seed: int, device,
-             fire: Optional[int], video_folder=None):
+def evaluate(
+    q_network: QNetwork,
+    rom: str,
+    repeat_action_probability: float,
+    episodes: int,
+    epsilon: float,
+    seed: int,
+    device,
+    fire: Optional[int],
+    video_folder=None,
+):
     """Play `episodes` whole games epsilon-greedily (CleanRL's DQN evaluation; FIRE forced after a life loss as in
     training, `fire`); return their raw scores."""
     env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
@@ -637,8 +668,15 @@ def check_args(args: Args):
     for name, value in asdict(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    for name in ("num_envs", "total_timesteps", "buffer_size", "batch_size", "train_frequency", "target_network_frequency",
-                 "metrics_batch_size"):
+    for name in (
+        "num_envs",
+        "total_timesteps",
+        "buffer_size",
+        "batch_size",
+        "train_frequency",
+        "target_network_frequency",
+        "metrics_batch_size",
+    ):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("learning_starts", "eval_episodes", "env_threads", "metrics_interval", "checkpoint_interval"):
@@ -664,8 +702,10 @@ def check_args(args: Args):
     if args.buffer_size < args.batch_size:
         fail(f"--buffer-size {args.buffer_size} is less than one --batch-size of {args.batch_size}")
     if args.learning_starts >= args.total_timesteps and args.eval_model is None:
-        fail(f"--learning-starts {args.learning_starts} is not below --total-timesteps {args.total_timesteps}: "
-             "the run would never learn")
+        fail(
+            f"--learning-starts {args.learning_starts} is not below --total-timesteps {args.total_timesteps}: "
+            "the run would never learn"
+        )
 
 
 # ----------------------------------------------------------------------------- checkpoints and interrupts
@@ -673,8 +713,21 @@ CHECKPOINT = "checkpoint.pt"
 STARTS = "starts.log"  # one line per start of the run; its lock keeps a second process out of the run folder
 # flags that may change when a run resumes: they change where and how it runs, not what it learns (--run-name is the folder
 # itself: a checkpoint of a run started without it holds None)
-RESUME_MAY_CHANGE = {"cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "save_model", "eval_episodes", "env_threads",
-                     "checkpoint_interval", "checkpoint_buffer", "compile", "keep_checkpoint", "run_name"}
+RESUME_MAY_CHANGE = {
+    "cuda",
+    "track",
+    "wandb_project_name",
+    "wandb_entity",
+    "capture_video",
+    "save_model",
+    "eval_episodes",
+    "env_threads",
+    "checkpoint_interval",
+    "checkpoint_buffer",
+    "compile",
+    "keep_checkpoint",
+    "run_name",
+}
 
 
 class Interrupts:
@@ -704,8 +757,12 @@ def checkpoint_due(global_step: int, steps: int, interval: int) -> bool:
 def rng_states() -> dict:
     """Every global random generator (python, numpy, torch CPU and CUDA) as values torch.load(weights_only=True) reads."""
     name, keys, *rest = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def cuda_rng_states_that_fit(saved: list, visible: int, current: int) -> dict:
@@ -780,8 +837,11 @@ def own_run_folder(run_dir: str, checked: dict, note: str):
         holder = (log.read().splitlines() or ["not logged yet"])[-1]
         fail(f"{run_dir} is in use by another process (its start: {holder}): wait for it to end, or give another --run-name")
     except OSError as exc:  # a file system without locks
-        print(f"warning: cannot lock {log.name} ({exc}): make sure that no other process writes {run_dir}", file=sys.stderr,
-              flush=True)
+        print(
+            f"warning: cannot lock {log.name} ({exc}): make sure that no other process writes {run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
     if folder_state(run_dir) != checked:
         fail(f"{run_dir} changed while this command started (another process wrote it meanwhile): run the command again")
     try:
@@ -801,7 +861,11 @@ def save_checkpoint(path: str, state: dict, writer: SummaryWriter, on_signal: bo
     otherwise a warning, and the run goes on (the next interval tries again). Returns whether the checkpoint was written."""
     writer.flush()
     run_dir = os.path.dirname(path)
-    state["event_files"] = {name: os.path.getsize(os.path.join(run_dir, name)) for name in os.listdir(run_dir) if name.startswith("events.out.tfevents.")}
+    state["event_files"] = {
+        name: os.path.getsize(os.path.join(run_dir, name))
+        for name in os.listdir(run_dir)
+        if name.startswith("events.out.tfevents.")
+    }
     try:
         torch.save(state, path + ".tmp")
         with open(path + ".tmp", "rb+") as f:
@@ -815,8 +879,10 @@ def save_checkpoint(path: str, state: dict, writer: SummaryWriter, on_signal: bo
             needed = f"about {os.path.getsize(path) / 2**20:,.1f} MiB (the previous one's size) next to the previous one"
         else:
             needed = f"more than the {written / 2**20:,.1f} MiB written before it failed"
-        message = (f"cannot write checkpoint {path} ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}): "
-                   f"it needs {needed}, {free_space(run_dir)}; the previous one, if any, stays")
+        message = (
+            f"cannot write checkpoint {path} ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}): "
+            f"it needs {needed}, {free_space(run_dir)}; the previous one, if any, stays"
+        )
         if on_signal:  # exit at once, as a second Ctrl-C does (a SystemExit from here adds ale-py's leak report to the line)
             sys.stdout.flush()
             print(f"error: {message}", file=sys.stderr, flush=True)
@@ -862,8 +928,10 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
         try:
             resume = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            fail(f"cannot read checkpoint {path} ({type(exc).__name__}: truncated or not a checkpoint); the run is left as it is: "
-                 "remove the file to train the run again from step 0")
+            fail(
+                f"cannot read checkpoint {path} ({type(exc).__name__}: truncated or not a checkpoint); the run is left "
+                "as it is: remove the file to train the run again from step 0"
+            )
         if not isinstance(resume, dict) or not isinstance(resume.get("args"), dict):
             fail(f"{path} is not a checkpoint of dqn_atari_hadamard.py; the run is left as it is")
         saved = {**saved, **resume["args"], "algorithm": resume.get("algorithm")}
@@ -873,10 +941,16 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
     missing = sorted(RESUME_KEYS - resume.keys()) if resume is not None else []
     if missing:
         fail(f"{path} is not a checkpoint of dqn_atari_hadamard.py (it lacks {', '.join(missing)}); the run is left as it is")
-    differ = [f"--{key.replace('_', '-')} {saved[key]!r} (this command: {value!r})" for key, value in asdict(args).items()
-              if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value]
+    differ = [
+        f"--{key.replace('_', '-')} {saved[key]!r} (this command: {value!r})"
+        for key, value in asdict(args).items()
+        if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value
+    ]
     if differ:
-        fail(f"{run_dir} holds a run with other settings: {', '.join(differ)}; resume it with its own flags or give another --run-name")
+        fail(
+            f"{run_dir} holds a run with other settings: {', '.join(differ)}; resume it with its own flags or give "
+            "another --run-name"
+        )
     return resume, saved
 
 
@@ -892,14 +966,17 @@ def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **netw
         for param in (param for group in optimizer.param_groups for param in group["params"]):
             for name, value in optimizer.state.get(param, {}).items():  # load_state_dict leaves their shapes unchecked
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
-                    raise ValueError(f"optimizer state {name} of shape {tuple(value.shape)} for a parameter of shape "
-                                     f"{tuple(param.shape)}")
+                    raise ValueError(
+                        f"optimizer state {name} of shape {tuple(value.shape)} for a parameter of shape {tuple(param.shape)}"
+                    )
         set_rng_states(resume["rng"])
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
         # load_state_dict's first line is a heading, its second the first misfit
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
-        fail(f"checkpoint {path} does not fit the network and optimizer of this command ({type(exc).__name__}: {detail}); "
-             "the run is left as it is")
+        fail(
+            f"checkpoint {path} does not fit the network and optimizer of this command ({type(exc).__name__}: {detail}); "
+            "the run is left as it is"
+        )
     finally:
         set_rng_states(generators)
 
@@ -911,17 +988,42 @@ def env_seed(seed: int, global_step: int) -> int:
 
 def model_state(args: Args, q_network: QNetwork, num_actions: int) -> dict:
     """What a model file holds (`--save-model`, read by `--eval-model`); every checkpoint holds it too."""
-    return {"algorithm": "dqn", "args": asdict(args), "num_actions": num_actions, "representation_width": q_network.q.in_features,
-            "state_dict": q_network.state_dict()}
+    return {
+        "algorithm": "dqn",
+        "args": asdict(args),
+        "num_actions": num_actions,
+        "representation_width": q_network.q.in_features,
+        "state_dict": q_network.state_dict(),
+    }
 
 
 # what restore() and the resumed loop read from a checkpoint (checked before anything is written)
-RESUME_KEYS = {"args", "state_dict", "target_state_dict", "optimizer", "global_step", "learning_starts", "next_probe_step",
-               "recent_returns", "elapsed", "resumes", "rng", "replay_rng", "exploration_rng", "event_files"}
+RESUME_KEYS = {
+    "args",
+    "state_dict",
+    "target_state_dict",
+    "optimizer",
+    "global_step",
+    "learning_starts",
+    "next_probe_step",
+    "recent_returns",
+    "elapsed",
+    "resumes",
+    "rng",
+    "replay_rng",
+    "exploration_rng",
+    "event_files",
+}
 
 
-def restore(resume: dict, q_network: QNetwork, target_network: QNetwork, optimizer: optim.Optimizer, rb: FrameReplayBuffer,
-            rng: np.random.Generator) -> bool:
+def restore(
+    resume: dict,
+    q_network: QNetwork,
+    target_network: QNetwork,
+    optimizer: optim.Optimizer,
+    rb: FrameReplayBuffer,
+    rng: np.random.Generator,
+) -> bool:
     """The networks, the optimizer, the replay buffer (when the checkpoint holds it) and every random generator as the
     checkpoint holds them; returns whether the buffer was restored."""
     q_network.load_state_dict(resume["state_dict"])
@@ -945,8 +1047,10 @@ if __name__ == "__main__":
             saved, flag = model_file["args"][key], "--" + key.replace("_", "-")
             if getattr(args, key) not in (getattr(Args, key), saved):  # a flag left at its default takes the model's value
                 trained = f"on {saved}" if key == "env_id" else f"with {flag} {saved}"
-                fail(f"model file {args.eval_model} was trained {trained}, not {getattr(args, key)}; leave {flag} out to "
-                     "evaluate it as it was trained")
+                fail(
+                    f"model file {args.eval_model} was trained {trained}, not {getattr(args, key)}; leave {flag} out to "
+                    "evaluate it as it was trained"
+                )
             setattr(args, key, saved)
     rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
     if args.track:
@@ -960,7 +1064,9 @@ if __name__ == "__main__":
     run_dir = os.path.join("runs", run_name)
     checkpoint_path = os.path.join(run_dir, CHECKPOINT)
     # the same --run-name again resumes the run from its checkpoint
-    resume_hint = "run the same command to resume" if args.run_name else f"run the same command with --run-name {run_name} to resume"
+    resume_hint = (
+        "run the same command to resume" if args.run_name else f"run the same command with --run-name {run_name} to resume"
+    )
     if model_file is not None and os.path.exists(os.path.join(run_dir, "config.json")):
         fail(f"{run_dir} holds another run: give the evaluation another --run-name")
     checked = folder_state(run_dir)  # the folder is taken (own_run_folder) only once every check has passed
@@ -992,8 +1098,13 @@ if __name__ == "__main__":
     print(f"{run_name}: {variant} representation, {num_parameters:,} parameters, device {device}")
 
     # Output: nothing is written before this point.
-    start_note = (f"evaluate {args.eval_model}" if model_file is not None
-                  else f"resume from step {resume['global_step']}" if resume is not None else "start")
+    start_note = (
+        f"evaluate {args.eval_model}"
+        if model_file is not None
+        else f"resume from step {resume['global_step']}"
+        if resume is not None
+        else "start"
+    )
     starts_log, starts = own_run_folder(run_dir, checked, start_note)
     if os.path.exists(checkpoint_path + ".tmp"):  # left by a process killed while it wrote a checkpoint
         os.remove(checkpoint_path + ".tmp")
@@ -1002,19 +1113,38 @@ if __name__ == "__main__":
     elif saved_config:
         cut_events(run_dir, {})
         print(f"{run_dir} holds no checkpoint: training it again from step 0")
-    wandb_id = saved_config.get("wandb_id") or (os.urandom(4).hex() if args.track else None)  # a resumed run logs to the same W&B run
-    config = {**asdict(args), "algorithm": "dqn", "variant": variant, "num_parameters": num_parameters,
-              "representation_width": q_network.q.in_features, "run_name": run_name, "device": str(device),
-              "eval_only": model_file is not None, "wandb_id": wandb_id,
-              "sticky_action_probability": repeat_action_probability}  # the one used (--repeat-action-probability may be None)
+    wandb_id = saved_config.get("wandb_id") or (
+        os.urandom(4).hex() if args.track else None
+    )  # a resumed run logs to the same W&B run
+    config = {
+        **asdict(args),
+        "algorithm": "dqn",
+        "variant": variant,
+        "num_parameters": num_parameters,
+        "representation_width": q_network.q.in_features,
+        "run_name": run_name,
+        "device": str(device),
+        "eval_only": model_file is not None,
+        "wandb_id": wandb_id,
+        "sticky_action_probability": repeat_action_probability,
+    }  # the one used (--repeat-action-probability may be None)
     try:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
     except OSError as exc:  # a full disk, say
         fail(f"cannot write {os.path.join(run_dir, 'config.json')} ({exc}): {free_space(run_dir)}")
     if args.track:
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config,
-                   name=run_name, save_code=True, dir=run_dir, id=wandb_id, resume="allow")
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=config,
+            name=run_name,
+            save_code=True,
+            dir=run_dir,
+            id=wandb_id,
+            resume="allow",
+        )
     writer = open_writer(run_dir)
     if resume is None:
         writer.add_text(
@@ -1028,8 +1158,13 @@ if __name__ == "__main__":
         interrupts.exit_line = "interrupted: evaluation stopped"
     else:
         loss_fn = torch.compile(td_loss) if args.compile else td_loss
-        rb = FrameReplayBuffer(args.buffer_size, args.num_envs, envs.single_observation_space.shape[1:],
-                               envs.single_observation_space.shape[0], seed=args.seed)
+        rb = FrameReplayBuffer(
+            args.buffer_size,
+            args.num_envs,
+            envs.single_observation_space.shape[1:],
+            envs.single_observation_space.shape[0],
+            seed=args.seed,
+        )
         rng = np.random.default_rng(args.seed)  # exploration
         n = args.num_envs
         recent_returns = deque(maxlen=100)
@@ -1046,18 +1181,30 @@ if __name__ == "__main__":
             # without its replay buffer the run refills it for --learning-starts steps before it trains again
             learning_starts = resume["learning_starts"] if buffer_restored else global_step + args.learning_starts
             refill = "" if buffer_restored else f"; the replay buffer refills until step {learning_starts}"
-            print(f"resuming from step {global_step} ({checkpoint_path}): new games start; the games in progress at the interruption "
-                  f"are dropped{refill}", flush=True)
+            print(
+                f"resuming from step {global_step} ({checkpoint_path}): new games start; the games in progress at the "
+                f"interruption are dropped{refill}",
+                flush=True,
+            )
             del resume  # the replay buffer's arrays stay, the rest of the checkpoint goes
         start_step = global_step
 
         def training_state(with_buffer: bool) -> dict:
             """Everything the run needs to go on as if uninterrupted, but the emulators' state."""
-            state = {**model_state(args, q_network, num_actions), "target_state_dict": target_network.state_dict(),
-                     "optimizer": optimizer.state_dict(), "global_step": global_step, "learning_starts": learning_starts,
-                     "next_probe_step": next_probe_step, "recent_returns": [float(r) for r in recent_returns],
-                     "elapsed": elapsed_before + time.time() - process_start, "resumes": resumes, "rng": rng_states(),
-                     "replay_rng": rb.rng.bit_generator.state, "exploration_rng": rng.bit_generator.state}
+            state = {
+                **model_state(args, q_network, num_actions),
+                "target_state_dict": target_network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "global_step": global_step,
+                "learning_starts": learning_starts,
+                "next_probe_step": next_probe_step,
+                "recent_returns": [float(r) for r in recent_returns],
+                "elapsed": elapsed_before + time.time() - process_start,
+                "resumes": resumes,
+                "rng": rng_states(),
+                "replay_rng": rb.rng.bit_generator.state,
+                "exploration_rng": rng.bit_generator.state,
+            }
             return {**state, "replay_buffer": rb.state_dict()} if with_buffer else state
 
         # TRY NOT TO MODIFY: start the game
@@ -1123,15 +1270,25 @@ if __name__ == "__main__":
             if time.time() - last_print > 10 or global_step >= args.total_timesteps:
                 last_print = time.time()
                 sps = int((global_step - start_step) / (time.time() - start_time))
-                recent = f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games" if recent_returns else "no game finished yet"
+                recent = (
+                    f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games"
+                    if recent_returns
+                    else "no game finished yet"
+                )
                 elapsed = time.time() - start_time
-                print(f"step {global_step:>10,}/{args.total_timesteps:,} ({global_step / args.total_timesteps:4.0%})  elapsed {duration(elapsed_before + elapsed)}  "
-                      f"ETA {duration(elapsed * (args.total_timesteps - global_step) / max(global_step - start_step, 1))}  SPS {sps:>5}  epsilon {epsilon:.3f}  return {recent}", flush=True)
+                print(
+                    f"step {global_step:>10,}/{args.total_timesteps:,} ({global_step / args.total_timesteps:4.0%})  "
+                    f"elapsed {duration(elapsed_before + elapsed)}  "
+                    f"ETA {duration(elapsed * (args.total_timesteps - global_step) / max(global_step - start_step, 1))}  "
+                    f"SPS {sps:>5}  epsilon {epsilon:.3f}  return {recent}",
+                    flush=True,
+                )
 
             # a checkpoint every --checkpoint-interval steps, and on SIGTERM, SIGUSR1 or Ctrl-C, which then ends the run
             if interrupts.signum or checkpoint_due(global_step, n, args.checkpoint_interval):
-                written = save_checkpoint(checkpoint_path, training_state(args.checkpoint_buffer), writer,
-                                          on_signal=bool(interrupts.signum))
+                written = save_checkpoint(
+                    checkpoint_path, training_state(args.checkpoint_buffer), writer, on_signal=bool(interrupts.signum)
+                )
                 if not written and interrupts.signum:  # the signal came during a periodic one that failed: it must be written
                     save_checkpoint(checkpoint_path, training_state(args.checkpoint_buffer), writer, on_signal=True)
             if interrupts.signum:  # (a signal during the write finds the checkpoint current)
@@ -1142,7 +1299,9 @@ if __name__ == "__main__":
                     wandb.finish(exit_code=128 + interrupts.signum)
                 sys.exit(128 + interrupts.signum)
 
-        if args.save_model or args.capture_video:  # the evaluation follows: it starts from a checkpoint of the finished training
+        if (
+            args.save_model or args.capture_video
+        ):  # the evaluation follows: it starts from a checkpoint of the finished training
             written = save_checkpoint(checkpoint_path, training_state(with_buffer=False), writer, on_signal=False)
             checkpointed = f"checkpointed to {checkpoint_path}" if written else "but its checkpoint failed (above)"
             interrupts.exit_line = f"interrupted during the evaluation: training is finished, {checkpointed}; {resume_hint}"
@@ -1158,8 +1317,9 @@ if __name__ == "__main__":
             torch.save(model_state(args, q_network, num_actions), model_path)
             print(f"model saved to {model_path}")
         video_folder = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(q_network, rom, repeat_action_probability, args.eval_episodes, args.end_e, args.seed, device, fire,
-                                video_folder)
+        eval_returns = evaluate(
+            q_network, rom, repeat_action_probability, args.eval_episodes, args.end_e, args.seed, device, fire, video_folder
+        )
         for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
         if eval_returns:
@@ -1169,8 +1329,15 @@ if __name__ == "__main__":
     with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
         # the processes the result comes from, each from its start (start-up included) to the checkpoint the next one
         # resumed from; resumes: every start after the first (starts.log), those that ended before a checkpoint included
-        json.dump({"global_step": global_step, "wall_time_s": elapsed_before + time.time() - process_start, "resumes": resumes,
-                   "eval_returns": eval_returns}, f)
+        json.dump(
+            {
+                "global_step": global_step,
+                "wall_time_s": elapsed_before + time.time() - process_start,
+                "resumes": resumes,
+                "eval_returns": eval_returns,
+            },
+            f,
+        )
     if not args.keep_checkpoint and os.path.exists(checkpoint_path):  # a finished run's checkpoint (DQN's: its buffer) goes
         os.remove(checkpoint_path)
     videos = f", videos in {os.path.join('videos', run_name)}/" if args.capture_video else ""

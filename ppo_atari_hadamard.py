@@ -59,9 +59,9 @@ class Args:
     eval_model: Optional[str] = None
     """skip training: load this model file and evaluate it"""
     run_name: Optional[str] = None
-    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`); the same name again resumes it"""
+    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`); the same name resumes it"""
     checkpoint_interval: int = 500_000
-    """write a checkpoint to `runs/<run_name>/checkpoint.pt` every this many environment steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
+    """write `runs/<run_name>/checkpoint.pt` every this many environment steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
     keep_checkpoint: bool = False
     """keep the checkpoint of a finished run (by default it is removed once done.json is written), to extend the run later"""
 
@@ -176,8 +176,13 @@ def parse_args() -> Args:
             sections[-1].append(line)
     message = " ".join(sections[0]) or " ".join(text.split()) or "the flags cannot be parsed"
     message = re.sub(r"^error:? ", "", message, flags=re.I)  # tyro's "Error parsing --seed: ..." after our "error: "
-    meant = [line.split()[0].rstrip(",") for section in sections if section[:1] == ["Perhaps you meant:"]
-             for line in section[1:] if line.startswith("-")]
+    meant = [
+        line.split()[0].rstrip(",")
+        for section in sections
+        if section[:1] == ["Perhaps you meant:"]
+        for line in section[1:]
+        if line.startswith("-")
+    ]
     if meant:
         message += f" (did you mean {', '.join(dict.fromkeys(meant[:3]))}?)"
     print(f"error: {message}", file=sys.stderr)
@@ -235,7 +240,10 @@ def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tup
         name = match.group(2) if match else env_id
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(f'{n}NoFrameskip-v4' for n in close)}?" if close else ""
-        fail(f"unknown Atari game in env id {env_id!r} (expected e.g. BreakoutNoFrameskip-v4, ALE/Breakout-v5 or Breakout-v5){hint}")
+        fail(
+            f"unknown Atari game in env id {env_id!r} (expected e.g. BreakoutNoFrameskip-v4, ALE/Breakout-v5 "
+            f"or Breakout-v5){hint}"
+        )
     ale, game, no_frameskip, version = match.groups()
     if (ale, no_frameskip, version) not in ((None, "NoFrameskip", "4"), ("ALE/", None, "5"), (None, None, "5")):
         name = "".join(part.capitalize() for part in roms[game.lower()].split("_"))
@@ -245,7 +253,9 @@ def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tup
     return roms[game.lower()], repeat_action_probability
 
 
-def make_env(rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30) -> AtariVectorEnv:
+def make_env(
+    rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30
+) -> AtariVectorEnv:
     """Nature-DQN preprocessing in ale-py's C++ vector env: 30 noop starts, fire reset, frame skip 4 with
     max-pool, 84x84 grayscale, 4-frame stack. A life loss is `terminated` while the game goes on
     (`life_loss_info`); rewards stay raw so that episodic returns are game scores."""
@@ -271,7 +281,9 @@ class FireReset(gym.Wrapper):
         return obs, info
 
 
-def make_eval_env(rom: str, repeat_action_probability: float, noop_max: int = 30, video_folder: Optional[str] = None) -> gym.Env:
+def make_eval_env(
+    rom: str, repeat_action_probability: float, noop_max: int = 30, video_folder: Optional[str] = None
+) -> gym.Env:
     """One gymnasium env whose observations equal the vector env's (tests/test_ppo.py checks it), and that can
     render frames for `--capture-video`; an episode is a whole game."""
     env = AtariEnv(
@@ -381,7 +393,9 @@ class Agent(nn.Module):
             nn.ReLU(),
             nn.Flatten(),
         )
-        self.network.to(memory_format=torch.channels_last)  # oneDNN's faster conv layout on CPU (1.3x an update here), same math
+        self.network.to(
+            memory_format=torch.channels_last
+        )  # oneDNN's faster conv layout on CPU (1.3x an update here), same math
 
         def branch():
             return nn.Sequential(layer_init(nn.Linear(64 * 7 * 7, width)), ACTIVATIONS[activation]())
@@ -489,8 +503,14 @@ class Rollout:
         )
 
 
-def collect_rollout(agent: Agent, envs, episode_stats: EpisodeStats, fire_on_life_loss: FireOnLifeLoss, rollout: Rollout,
-                    next_obs: torch.Tensor):
+def collect_rollout(
+    agent: Agent,
+    envs,
+    episode_stats: EpisodeStats,
+    fire_on_life_loss: FireOnLifeLoss,
+    rollout: Rollout,
+    next_obs: torch.Tensor,
+):
     """Play `num_steps` steps in every env with the current policy, filling `rollout` in place. Observations cross
     to the device once per step as uint8, the other per-env data in one copy. The next-step autoreset step (its
     action ignored, its observation the finished game's last) and the forced FIRE after a life loss (its action
@@ -520,8 +540,8 @@ def collect_rollout(agent: Agent, envs, episode_stats: EpisodeStats, fire_on_lif
 
 
 def load_model(path: str) -> dict:
-    """A model file written by `--save-model` of this script (or a checkpoint of it), read with weights_only=True; anything else is a
-    clear error."""
+    """A model file written by `--save-model` of this script (or a checkpoint of it), read with weights_only=True; anything
+    else is a clear error."""
     if os.path.isdir(path):
         fail(f"{path} is a folder, not a model file: give the one in it (<exp_name>.pt from --save-model, or checkpoint.pt)")
     if not os.path.isfile(path):
@@ -551,8 +571,16 @@ def build_agent(checkpoint: dict, device) -> Agent:
     return agent.to(device)
 
 
-def evaluate(agent: Agent, rom: str, repeat_action_probability: float, episodes: int, seed: int, device, fire: Optional[int],
-             video_folder=None):
+def evaluate(
+    agent: Agent,
+    rom: str,
+    repeat_action_probability: float,
+    episodes: int,
+    seed: int,
+    device,
+    fire: Optional[int],
+    video_folder=None,
+):
     """Play `episodes` whole games with the policy's sampled actions (FIRE forced after a life loss as in training,
     `fire`); return their raw scores."""
     env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
@@ -581,8 +609,20 @@ CHECKPOINT = "checkpoint.pt"
 STARTS = "starts.log"  # one line per start of the run; its lock keeps a second process out of the run folder
 # flags that may change when a run resumes: they change where and how it runs, not what it learns (--run-name is the folder
 # itself: a checkpoint of a run started without it holds None)
-RESUME_MAY_CHANGE = {"cuda", "track", "wandb_project_name", "wandb_entity", "capture_video", "save_model", "eval_episodes", "env_threads",
-                     "checkpoint_interval", "compile", "keep_checkpoint", "run_name"}
+RESUME_MAY_CHANGE = {
+    "cuda",
+    "track",
+    "wandb_project_name",
+    "wandb_entity",
+    "capture_video",
+    "save_model",
+    "eval_episodes",
+    "env_threads",
+    "checkpoint_interval",
+    "compile",
+    "keep_checkpoint",
+    "run_name",
+}
 
 
 class Interrupts:
@@ -612,8 +652,12 @@ def checkpoint_due(global_step: int, steps: int, interval: int) -> bool:
 def rng_states() -> dict:
     """Every global random generator (python, numpy, torch CPU and CUDA) as values torch.load(weights_only=True) reads."""
     name, keys, *rest = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), *rest),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def cuda_rng_states_that_fit(saved: list, visible: int, current: int) -> dict:
@@ -688,8 +732,11 @@ def own_run_folder(run_dir: str, checked: dict, note: str):
         holder = (log.read().splitlines() or ["not logged yet"])[-1]
         fail(f"{run_dir} is in use by another process (its start: {holder}): wait for it to end, or give another --run-name")
     except OSError as exc:  # a file system without locks
-        print(f"warning: cannot lock {log.name} ({exc}): make sure that no other process writes {run_dir}", file=sys.stderr,
-              flush=True)
+        print(
+            f"warning: cannot lock {log.name} ({exc}): make sure that no other process writes {run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
     if folder_state(run_dir) != checked:
         fail(f"{run_dir} changed while this command started (another process wrote it meanwhile): run the command again")
     try:
@@ -709,7 +756,11 @@ def save_checkpoint(path: str, state: dict, writer: SummaryWriter, on_signal: bo
     otherwise a warning, and the run goes on (the next interval tries again). Returns whether the checkpoint was written."""
     writer.flush()
     run_dir = os.path.dirname(path)
-    state["event_files"] = {name: os.path.getsize(os.path.join(run_dir, name)) for name in os.listdir(run_dir) if name.startswith("events.out.tfevents.")}
+    state["event_files"] = {
+        name: os.path.getsize(os.path.join(run_dir, name))
+        for name in os.listdir(run_dir)
+        if name.startswith("events.out.tfevents.")
+    }
     try:
         torch.save(state, path + ".tmp")
         with open(path + ".tmp", "rb+") as f:
@@ -723,8 +774,10 @@ def save_checkpoint(path: str, state: dict, writer: SummaryWriter, on_signal: bo
             needed = f"about {os.path.getsize(path) / 2**20:,.1f} MiB (the previous one's size) next to the previous one"
         else:
             needed = f"more than the {written / 2**20:,.1f} MiB written before it failed"
-        message = (f"cannot write checkpoint {path} ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}): "
-                   f"it needs {needed}, {free_space(run_dir)}; the previous one, if any, stays")
+        message = (
+            f"cannot write checkpoint {path} ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}): "
+            f"it needs {needed}, {free_space(run_dir)}; the previous one, if any, stays"
+        )
         if on_signal:  # exit at once, as a second Ctrl-C does (a SystemExit from here adds ale-py's leak report to the line)
             sys.stdout.flush()
             print(f"error: {message}", file=sys.stderr, flush=True)
@@ -770,8 +823,10 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
         try:
             resume = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            fail(f"cannot read checkpoint {path} ({type(exc).__name__}: truncated or not a checkpoint); the run is left as it is: "
-                 "remove the file to train the run again from step 0")
+            fail(
+                f"cannot read checkpoint {path} ({type(exc).__name__}: truncated or not a checkpoint); the run is left "
+                "as it is: remove the file to train the run again from step 0"
+            )
         if not isinstance(resume, dict) or not isinstance(resume.get("args"), dict):
             fail(f"{path} is not a checkpoint of ppo_atari_hadamard.py; the run is left as it is")
         saved = {**saved, **resume["args"], "algorithm": resume.get("algorithm")}
@@ -781,10 +836,16 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
     missing = sorted(RESUME_KEYS - resume.keys()) if resume is not None else []
     if missing:
         fail(f"{path} is not a checkpoint of ppo_atari_hadamard.py (it lacks {', '.join(missing)}); the run is left as it is")
-    differ = [f"--{key.replace('_', '-')} {saved[key]!r} (this command: {value!r})" for key, value in asdict(args).items()
-              if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value]
+    differ = [
+        f"--{key.replace('_', '-')} {saved[key]!r} (this command: {value!r})"
+        for key, value in asdict(args).items()
+        if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value
+    ]
     if differ:
-        fail(f"{run_dir} holds a run with other settings: {', '.join(differ)}; resume it with its own flags or give another --run-name")
+        fail(
+            f"{run_dir} holds a run with other settings: {', '.join(differ)}; resume it with its own flags or give "
+            "another --run-name"
+        )
     return resume, saved
 
 
@@ -800,14 +861,17 @@ def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **netw
         for param in (param for group in optimizer.param_groups for param in group["params"]):
             for name, value in optimizer.state.get(param, {}).items():  # load_state_dict leaves their shapes unchecked
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
-                    raise ValueError(f"optimizer state {name} of shape {tuple(value.shape)} for a parameter of shape "
-                                     f"{tuple(param.shape)}")
+                    raise ValueError(
+                        f"optimizer state {name} of shape {tuple(value.shape)} for a parameter of shape {tuple(param.shape)}"
+                    )
         set_rng_states(resume["rng"])
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
         # load_state_dict's first line is a heading, its second the first misfit
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
-        fail(f"checkpoint {path} does not fit the network and optimizer of this command ({type(exc).__name__}: {detail}); "
-             "the run is left as it is")
+        fail(
+            f"checkpoint {path} does not fit the network and optimizer of this command ({type(exc).__name__}: {detail}); "
+            "the run is left as it is"
+        )
     finally:
         set_rng_states(generators)
 
@@ -819,13 +883,30 @@ def env_seed(seed: int, global_step: int) -> int:
 
 def model_state(args: Args, agent: Agent, num_actions: int) -> dict:
     """What a model file holds (`--save-model`, read by `--eval-model`); every checkpoint holds it too."""
-    return {"algorithm": "ppo", "args": asdict(args), "num_actions": num_actions, "representation_width": agent.actor.in_features,
-            "state_dict": agent.state_dict()}
+    return {
+        "algorithm": "ppo",
+        "args": asdict(args),
+        "num_actions": num_actions,
+        "representation_width": agent.actor.in_features,
+        "state_dict": agent.state_dict(),
+    }
 
 
 # what restore() and the resumed loop read from a checkpoint (checked before anything is written)
-RESUME_KEYS = {"args", "state_dict", "optimizer", "global_step", "iteration", "next_probe_step", "recent_returns", "elapsed",
-               "resumes", "rng", "probe_generator", "event_files"}
+RESUME_KEYS = {
+    "args",
+    "state_dict",
+    "optimizer",
+    "global_step",
+    "iteration",
+    "next_probe_step",
+    "recent_returns",
+    "elapsed",
+    "resumes",
+    "rng",
+    "probe_generator",
+    "event_files",
+}
 
 
 def restore(resume: dict, agent: Agent, optimizer: optim.Optimizer, probe_generator: torch.Generator):
@@ -846,8 +927,10 @@ if __name__ == "__main__":
             saved, flag = model_file["args"][key], "--" + key.replace("_", "-")
             if getattr(args, key) not in (getattr(Args, key), saved):  # a flag left at its default takes the model's value
                 trained = f"on {saved}" if key == "env_id" else f"with {flag} {saved}"
-                fail(f"model file {args.eval_model} was trained {trained}, not {getattr(args, key)}; leave {flag} out to "
-                     "evaluate it as it was trained")
+                fail(
+                    f"model file {args.eval_model} was trained {trained}, not {getattr(args, key)}; leave {flag} out to "
+                    "evaluate it as it was trained"
+                )
             setattr(args, key, saved)
     rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
     if args.track:
@@ -864,7 +947,9 @@ if __name__ == "__main__":
     run_dir = os.path.join("runs", run_name)
     checkpoint_path = os.path.join(run_dir, CHECKPOINT)
     # the same --run-name again resumes the run from its checkpoint
-    resume_hint = "run the same command to resume" if args.run_name else f"run the same command with --run-name {run_name} to resume"
+    resume_hint = (
+        "run the same command to resume" if args.run_name else f"run the same command with --run-name {run_name} to resume"
+    )
     if model_file is not None and os.path.exists(os.path.join(run_dir, "config.json")):
         fail(f"{run_dir} holds another run: give the evaluation another --run-name")
     checked = folder_state(run_dir)  # the folder is taken (own_run_folder) only once every check has passed
@@ -895,8 +980,13 @@ if __name__ == "__main__":
     print(f"{run_name}: {variant} representation, {num_parameters:,} parameters, device {device}")
 
     # Output: nothing is written before this point.
-    start_note = (f"evaluate {args.eval_model}" if model_file is not None
-                  else f"resume from step {resume['global_step']}" if resume is not None else "start")
+    start_note = (
+        f"evaluate {args.eval_model}"
+        if model_file is not None
+        else f"resume from step {resume['global_step']}"
+        if resume is not None
+        else "start"
+    )
     starts_log, starts = own_run_folder(run_dir, checked, start_note)
     if os.path.exists(checkpoint_path + ".tmp"):  # left by a process killed while it wrote a checkpoint
         os.remove(checkpoint_path + ".tmp")
@@ -905,19 +995,38 @@ if __name__ == "__main__":
     elif saved_config:
         cut_events(run_dir, {})
         print(f"{run_dir} holds no checkpoint: training it again from step 0")
-    wandb_id = saved_config.get("wandb_id") or (os.urandom(4).hex() if args.track else None)  # a resumed run logs to the same W&B run
-    config = {**asdict(args), "algorithm": "ppo", "variant": variant, "num_parameters": num_parameters,
-              "representation_width": agent.actor.in_features, "run_name": run_name, "device": str(device),
-              "eval_only": model_file is not None, "wandb_id": wandb_id,
-              "sticky_action_probability": repeat_action_probability}  # the one used (--repeat-action-probability may be None)
+    wandb_id = saved_config.get("wandb_id") or (
+        os.urandom(4).hex() if args.track else None
+    )  # a resumed run logs to the same W&B run
+    config = {
+        **asdict(args),
+        "algorithm": "ppo",
+        "variant": variant,
+        "num_parameters": num_parameters,
+        "representation_width": agent.actor.in_features,
+        "run_name": run_name,
+        "device": str(device),
+        "eval_only": model_file is not None,
+        "wandb_id": wandb_id,
+        "sticky_action_probability": repeat_action_probability,
+    }  # the one used (--repeat-action-probability may be None)
     try:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
     except OSError as exc:  # a full disk, say
         fail(f"cannot write {os.path.join(run_dir, 'config.json')} ({exc}): {free_space(run_dir)}")
     if args.track:
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config,
-                   name=run_name, save_code=True, dir=run_dir, id=wandb_id, resume="allow")
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=config,
+            name=run_name,
+            save_code=True,
+            dir=run_dir,
+            id=wandb_id,
+            resume="allow",
+        )
     writer = open_writer(run_dir)
     if resume is None:
         writer.add_text(
@@ -938,20 +1047,35 @@ if __name__ == "__main__":
         probe_generator = torch.Generator().manual_seed(args.seed)
         if resume is not None:
             restore(resume, agent, optimizer, probe_generator)
-            global_step, start_iteration, next_probe_step = resume["global_step"], resume["iteration"] + 1, resume["next_probe_step"]
+            global_step, start_iteration, next_probe_step = (
+                resume["global_step"],
+                resume["iteration"] + 1,
+                resume["next_probe_step"],
+            )
             # a run begun before starts.log counted its resumes in the checkpoint only
             elapsed_before, resumes = resume["elapsed"], max(resumes, resume["resumes"] + 1)
             recent_returns.extend(resume["recent_returns"])
-            print(f"resuming from step {global_step} ({checkpoint_path}): new games start; the games in progress at the interruption "
-                  "are dropped", flush=True)
+            print(
+                f"resuming from step {global_step} ({checkpoint_path}): new games start; the games in progress at the "
+                "interruption are dropped",
+                flush=True,
+            )
         start_step = global_step
 
         def training_state(iteration: int) -> dict:
             """Everything the run needs to go on as if uninterrupted, but the emulators' state."""
-            return {**model_state(args, agent, num_actions), "optimizer": optimizer.state_dict(), "global_step": global_step,
-                    "iteration": iteration, "next_probe_step": next_probe_step, "recent_returns": [float(r) for r in recent_returns],
-                    "elapsed": elapsed_before + time.time() - process_start, "resumes": resumes, "rng": rng_states(),
-                    "probe_generator": probe_generator.get_state()}
+            return {
+                **model_state(args, agent, num_actions),
+                "optimizer": optimizer.state_dict(),
+                "global_step": global_step,
+                "iteration": iteration,
+                "next_probe_step": next_probe_step,
+                "recent_returns": [float(r) for r in recent_returns],
+                "elapsed": elapsed_before + time.time() - process_start,
+                "resumes": resumes,
+                "rng": rng_states(),
+                "probe_generator": probe_generator.get_state(),
+            }
 
         # TRY NOT TO MODIFY: start the game
         next_obs_np, info = envs.reset(seed=env_seed(args.seed, global_step))
@@ -975,8 +1099,15 @@ if __name__ == "__main__":
             # bootstrap value if not done
             with torch.no_grad():
                 next_value = agent.get_value(next_obs).reshape(1, -1)
-                advantages = compute_gae(rollout.rewards, rollout.values, next_value, rollout.terminations, rollout.truncations,
-                                         args.gamma, args.gae_lambda)
+                advantages = compute_gae(
+                    rollout.rewards,
+                    rollout.values,
+                    next_value,
+                    rollout.terminations,
+                    rollout.truncations,
+                    args.gamma,
+                    args.gae_lambda,
+                )
                 returns = advantages + rollout.values
 
             # flatten the batch
@@ -992,7 +1123,9 @@ if __name__ == "__main__":
             if next_probe_step is not None and global_step >= next_probe_step:
                 probe_idx = torch.nonzero(b_valid).squeeze(1)
                 if len(probe_idx) > args.metrics_batch_size:
-                    probe_idx = probe_idx[torch.randperm(len(probe_idx), generator=probe_generator)[: args.metrics_batch_size].to(device)]
+                    probe_idx = probe_idx[
+                        torch.randperm(len(probe_idx), generator=probe_generator)[: args.metrics_batch_size].to(device)
+                    ]
                 metrics = common_metrics.probe(agent, b_obs[probe_idx], agent.hidden_layers(), "fc", forward=agent.get_value)
                 for tag, value in metrics.items():
                     writer.add_scalar(tag, value, global_step)
@@ -1004,8 +1137,21 @@ if __name__ == "__main__":
                 b_inds = torch.randperm(args.batch_size, device=device)
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb_inds = b_inds[start : start + args.minibatch_size]
-                    stats.append(update(agent, optimizer, args, b_obs[mb_inds], b_logprobs[mb_inds], b_actions[mb_inds], b_advantages[mb_inds],
-                                        b_returns[mb_inds], b_values[mb_inds], b_valid[mb_inds], loss_fn=loss_fn))
+                    stats.append(
+                        update(
+                            agent,
+                            optimizer,
+                            args,
+                            b_obs[mb_inds],
+                            b_logprobs[mb_inds],
+                            b_actions[mb_inds],
+                            b_advantages[mb_inds],
+                            b_returns[mb_inds],
+                            b_values[mb_inds],
+                            b_valid[mb_inds],
+                            loss_fn=loss_fn,
+                        )
+                    )
                 if args.target_kl is not None and stats[-1][4] > args.target_kl:
                     break
             pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, _ = stats[-1].tolist()
@@ -1028,15 +1174,25 @@ if __name__ == "__main__":
             writer.add_scalar("charts/SPS", sps, global_step)
             if time.time() - last_print > 10 or iteration in (1, args.num_iterations):
                 last_print = time.time()
-                recent = f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games" if recent_returns else "no game finished yet"
+                recent = (
+                    f"{np.mean(recent_returns):.1f} over {len(recent_returns)} games"
+                    if recent_returns
+                    else "no game finished yet"
+                )
                 elapsed = time.time() - start_time
-                print(f"step {global_step:>10,}/{args.total_timesteps:,} ({global_step / args.total_timesteps:4.0%})  elapsed {duration(elapsed_before + elapsed)}  "
-                      f"ETA {duration(elapsed * (args.total_timesteps - global_step) / max(global_step - start_step, 1))}  SPS {sps:>5}  return {recent}", flush=True)
+                print(
+                    f"step {global_step:>10,}/{args.total_timesteps:,} ({global_step / args.total_timesteps:4.0%})  "
+                    f"elapsed {duration(elapsed_before + elapsed)}  "
+                    f"ETA {duration(elapsed * (args.total_timesteps - global_step) / max(global_step - start_step, 1))}  "
+                    f"SPS {sps:>5}  return {recent}",
+                    flush=True,
+                )
 
             # a checkpoint every --checkpoint-interval steps, and on SIGTERM, SIGUSR1 or Ctrl-C, which then ends the run
             if interrupts.signum or checkpoint_due(global_step, args.batch_size, args.checkpoint_interval):
-                written = save_checkpoint(checkpoint_path, training_state(iteration), writer,
-                                          on_signal=bool(interrupts.signum))
+                written = save_checkpoint(
+                    checkpoint_path, training_state(iteration), writer, on_signal=bool(interrupts.signum)
+                )
                 if not written and interrupts.signum:  # the signal came during a periodic one that failed: it must be written
                     save_checkpoint(checkpoint_path, training_state(iteration), writer, on_signal=True)
             if interrupts.signum:  # (a signal during the write finds the checkpoint current)
@@ -1047,7 +1203,9 @@ if __name__ == "__main__":
                     wandb.finish(exit_code=128 + interrupts.signum)
                 sys.exit(128 + interrupts.signum)
 
-        if args.save_model or args.capture_video:  # the evaluation follows: it starts from a checkpoint of the finished training
+        if (
+            args.save_model or args.capture_video
+        ):  # the evaluation follows: it starts from a checkpoint of the finished training
             written = save_checkpoint(checkpoint_path, training_state(args.num_iterations), writer, on_signal=False)
             checkpointed = f"checkpointed to {checkpoint_path}" if written else "but its checkpoint failed (above)"
             interrupts.exit_line = f"interrupted during the evaluation: training is finished, {checkpointed}; {resume_hint}"
@@ -1063,7 +1221,9 @@ if __name__ == "__main__":
             torch.save(model_state(args, agent, num_actions), model_path)
             print(f"model saved to {model_path}")
         video_folder = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(agent, rom, repeat_action_probability, args.eval_episodes, args.seed, device, fire, video_folder)
+        eval_returns = evaluate(
+            agent, rom, repeat_action_probability, args.eval_episodes, args.seed, device, fire, video_folder
+        )
         for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
         if eval_returns:
@@ -1073,8 +1233,15 @@ if __name__ == "__main__":
     with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
         # the processes the result comes from, each from its start (start-up included) to the checkpoint the next one
         # resumed from; resumes: every start after the first (starts.log), those that ended before a checkpoint included
-        json.dump({"global_step": global_step, "wall_time_s": elapsed_before + time.time() - process_start, "resumes": resumes,
-                   "eval_returns": eval_returns}, f)
+        json.dump(
+            {
+                "global_step": global_step,
+                "wall_time_s": elapsed_before + time.time() - process_start,
+                "resumes": resumes,
+                "eval_returns": eval_returns,
+            },
+            f,
+        )
     if not args.keep_checkpoint and os.path.exists(checkpoint_path):  # a finished run's checkpoint (DQN's: its buffer) goes
         os.remove(checkpoint_path)
     videos = f", videos in {os.path.join('videos', run_name)}/" if args.capture_video else ""

@@ -51,20 +51,32 @@ def training_state(name: str, module, hadamard: bool, buffer_size: int) -> tuple
     buffer of `buffer_size` written transitions); and the bytes of that buffer."""
     torch.manual_seed(0)
     network = module.Agent(4, hadamard=hadamard) if name == "ppo" else module.QNetwork(4, hadamard=hadamard)
-    optimizer = (torch.optim.RAdam(network.parameters(), lr=2.5e-4) if name == "pqn" else
-                 torch.optim.Adam(network.parameters(), lr=2.5e-4, eps=1e-5))
+    optimizer = (
+        torch.optim.RAdam(network.parameters(), lr=2.5e-4)
+        if name == "pqn"
+        else torch.optim.Adam(network.parameters(), lr=2.5e-4, eps=1e-5)
+    )
     obs = torch.randint(0, 256, (32, 4, 84, 84), dtype=torch.uint8)
     (network.get_value(obs) if name == "ppo" else network(obs)).sum().backward()
     optimizer.step()
-    state = {**module.model_state(module.Args(), network, 4), "optimizer": optimizer.state_dict(), "global_step": 500_000,
-             "rng": module.rng_states(), "recent_returns": [0.0] * 100}
+    state = {
+        **module.model_state(module.Args(), network, 4),
+        "optimizer": optimizer.state_dict(),
+        "global_step": 500_000,
+        "rng": module.rng_states(),
+        "recent_returns": [0.0] * 100,
+    }
     if name != "dqn":
         return {**state, "iteration": 1, "probe_generator": torch.Generator().get_state()}, 0
     rb = module.FrameReplayBuffer(buffer_size, 1)
     rb.frames[:] = np.arange(rb.frames.shape[1], dtype=np.uint8)[None, :, None, None]  # every page written
     rb.writes, rb.pos = rb.slots + 1, 1
-    return {**state, "target_state_dict": network.state_dict(), "replay_buffer": rb.state_dict(),
-            "replay_rng": rb.rng.bit_generator.state}, rb.nbytes()
+    return {
+        **state,
+        "target_state_dict": network.state_dict(),
+        "replay_buffer": rb.state_dict(),
+        "replay_rng": rb.rng.bit_generator.state,
+    }, rb.nbytes()
 
 
 def main():
@@ -99,21 +111,35 @@ def main():
                     reads.append(time.perf_counter() - start)
                     del loaded
                 write, interval = statistics.median(writes), args.interval or module.Args.checkpoint_interval
-                rows.append({"script": name, "variant": "tanh_hr" if hadamard else "tanh", "bytes": os.path.getsize(path),
-                             "buffer_bytes": buffer_bytes, "write_s": write, "read_s": statistics.median(reads),
-                             "write_peak_growth_bytes": statistics.median(growth), "interval": interval,
-                             **{f"share_{where}": write / (interval / sps) for where, sps in LOOP_SPS[name].items()}})
+                rows.append(
+                    {
+                        "script": name,
+                        "variant": "tanh_hr" if hadamard else "tanh",
+                        "bytes": os.path.getsize(path),
+                        "buffer_bytes": buffer_bytes,
+                        "write_s": write,
+                        "read_s": statistics.median(reads),
+                        "write_peak_growth_bytes": statistics.median(growth),
+                        "interval": interval,
+                        **{f"share_{where}": write / (interval / sps) for where, sps in LOOP_SPS[name].items()},
+                    }
+                )
                 del state
         writer.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| script | variant | checkpoint | write | read | peak memory growth while writing | one every | share of the run: "
-          "2-core CPU | H200 |")
+    print(
+        "| script | variant | checkpoint | write | read | peak memory growth while writing | one every | share of the run: "
+        "2-core CPU | H200 |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['script']} | {row['variant']} | {row['bytes'] / 1e6:,.1f} MB | {row['write_s']:.2f} s | {row['read_s']:.2f} s | "
-              f"{row['write_peak_growth_bytes'] / 1e6:,.0f} MB | {row['interval']:,} steps | {row['share_cpu']:.3%} | {row['share_h200']:.3%} |")
+        print(
+            f"| {row['script']} | {row['variant']} | {row['bytes'] / 1e6:,.1f} MB | {row['write_s']:.2f} s | "
+            f"{row['read_s']:.2f} s | {row['write_peak_growth_bytes'] / 1e6:,.0f} MB | {row['interval']:,} steps | "
+            f"{row['share_cpu']:.3%} | {row['share_h200']:.3%} |"
+        )
 
 
 if __name__ == "__main__":

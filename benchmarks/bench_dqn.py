@@ -1,6 +1,7 @@
 """Memory and speed of dqn_atari_hadamard.py at CleanRL's settings (1 env, buffer 1M, batch 32, train frequency 4).
 
-Usage: python benchmarks/bench_dqn.py [--steps 4000] [--learning-starts 2000] [--skip-memory] [--no-cleanrl] [--reference path/to/cleanrl/dqn_atari.py]
+Usage: python benchmarks/bench_dqn.py [--steps 4000] [--learning-starts 2000] [--skip-memory] [--no-cleanrl]
+       [--reference path/to/cleanrl/dqn_atari.py]
 
 Prints:
 - memory: bytes per stored transition of the frame-deduplicated replay buffer, and the resident memory of
@@ -68,12 +69,18 @@ def memory(buffer_size: int):
         rb.sample(32)
     sample_ms = (time.perf_counter() - start) / 200 * 1000
     valid = rb.valid_transitions()[0].size
-    print(f"replay buffer of {buffer_size:,} transitions: {rb.nbytes() / buffer_size:,.1f} bytes per transition "
-          f"(frame {84 * 84:,} B), allocated {rb.nbytes() / 1e9:.3f} GB, resident when full {resident / 1e9:.3f} GB "
-          f"({resident / 2**30:.2f} GiB); {valid:,} sampleable transitions; add {fill_s / rb.slots * 1e6:.1f} us, "
-          f"sample(32) {sample_ms:.2f} ms", flush=True)
-    print(f"CleanRL (SB3 ReplayBuffer, optimize_memory_usage=True): {4 * 84 * 84:,} bytes per transition, "
-          f"{buffer_size * 4 * 84 * 84 / 2**30:.1f} GiB", flush=True)
+    print(
+        f"replay buffer of {buffer_size:,} transitions: {rb.nbytes() / buffer_size:,.1f} bytes per transition "
+        f"(frame {84 * 84:,} B), allocated {rb.nbytes() / 1e9:.3f} GB, resident when full {resident / 1e9:.3f} GB "
+        f"({resident / 2**30:.2f} GiB); {valid:,} sampleable transitions; add {fill_s / rb.slots * 1e6:.1f} us, "
+        f"sample(32) {sample_ms:.2f} ms",
+        flush=True,
+    )
+    print(
+        f"CleanRL (SB3 ReplayBuffer, optimize_memory_usage=True): {4 * 84 * 84:,} bytes per transition, "
+        f"{buffer_size * 4 * 84 * 84 / 2**30:.1f} GiB",
+        flush=True,
+    )
     del rb
 
 
@@ -136,13 +143,21 @@ def probe_seconds(hadamard: bool, device: torch.device, repeats: int = 5) -> flo
     return statistics.median(times[1:])
 
 
-def cleanrl_sps(total_steps: int, learning_starts: int, buffer_size: int, device: torch.device, epsilon: float = 0.01) -> float:
+def cleanrl_sps(
+    total_steps: int, learning_starts: int, buffer_size: int, device: torch.device, epsilon: float = 0.01
+) -> float:
     """CleanRL's dqn_atari.py training loop, reproduced with gymnasium 1.x names; steady SPS after learning starts."""
     import ale_py
     import gymnasium as gym
     import torch.nn as nn
     import torch.nn.functional as F
-    from stable_baselines3.common.atari_wrappers import ClipRewardEnv, EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv, NoopResetEnv
+    from stable_baselines3.common.atari_wrappers import (
+        ClipRewardEnv,
+        EpisodicLifeEnv,
+        FireResetEnv,
+        MaxAndSkipEnv,
+        NoopResetEnv,
+    )
     from stable_baselines3.common.buffers import ReplayBuffer
 
     gym.register_envs(ale_py)
@@ -166,8 +181,15 @@ def cleanrl_sps(total_steps: int, learning_starts: int, buffer_size: int, device
         def __init__(self, env):
             super().__init__()
             self.network = nn.Sequential(
-                nn.Conv2d(4, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(),
+                nn.Conv2d(4, 32, 8, stride=4),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 4, stride=2),
+                nn.ReLU(),
+                nn.Conv2d(64, 64, 3, stride=1),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(3136, 512),
+                nn.ReLU(),
                 nn.Linear(512, env.single_action_space.n),
             )
 
@@ -179,8 +201,14 @@ def cleanrl_sps(total_steps: int, learning_starts: int, buffer_size: int, device
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4)
     target_network = QNetwork(envs).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    rb = ReplayBuffer(buffer_size, envs.single_observation_space, envs.single_action_space, device,
-                      optimize_memory_usage=True, handle_timeout_termination=False)
+    rb = ReplayBuffer(
+        buffer_size,
+        envs.single_observation_space,
+        envs.single_action_space,
+        device,
+        optimize_memory_usage=True,
+        handle_timeout_termination=False,
+    )
     obs, _ = envs.reset(seed=1)
     import random
 
@@ -223,14 +251,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4000, help="timed steps after learning starts, per loop run")
     parser.add_argument("--learning-starts", type=int, default=2000, help="steps of pure acting before the timed part")
-    parser.add_argument("--buffer-size", type=int, default=1_000_000, help="the replay buffer of the memory figure and the loop runs")
+    parser.add_argument(
+        "--buffer-size", type=int, default=1_000_000, help="the replay buffer of the memory figure and the loop runs"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="loop runs per configuration (median)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the full-buffer memory figure")
     parser.add_argument("--no-cleanrl", action="store_true", help="skip the reproduced CleanRL baseline")
-    parser.add_argument("--cleanrl-buffer-size", type=int, default=100_000,
-                        help="the baseline's SB3 buffer (1M stacked observations do not fit in this machine's memory; its speed does not depend on the size)")
+    parser.add_argument(
+        "--cleanrl-buffer-size",
+        type=int,
+        default=100_000,
+        help="the baseline's SB3 buffer (1M stacked observations do not fit in this machine's memory; its speed does not "
+        "depend on the size)",
+    )
     parser.add_argument("--reference", type=Path, help="CleanRL's dqn_atari.py, timed as the baseline instead")
-    parser.add_argument("--variants", default="tanh,tanh_hr,tanh+compile", help="comma-separated: tanh, tanh_hr, each optionally with +compile (--compile)")
+    parser.add_argument(
+        "--variants",
+        default="tanh,tanh_hr,tanh+compile",
+        help="comma-separated: tanh, tanh_hr, each optionally with +compile (--compile)",
+    )
     parser.add_argument("--no-cuda", action="store_true", help="stay on the CPU even where a GPU is present")
     opts = parser.parse_args()
     interval = dqn.Args().metrics_interval
@@ -241,27 +280,51 @@ def main():
     if not opts.skip_memory:
         memory(opts.buffer_size)
 
-    common = ["--total-timesteps", str(total), "--learning-starts", str(opts.learning_starts), "--exploration-fraction", "0",
-              "--buffer-size", str(opts.buffer_size)] + (["--no-cuda"] if device.type == "cpu" else [])
+    common = [
+        "--total-timesteps",
+        str(total),
+        "--learning-starts",
+        str(opts.learning_starts),
+        "--exploration-fraction",
+        "0",
+        "--buffer-size",
+        str(opts.buffer_size),
+    ] + (["--no-cuda"] if device.type == "cpu" else [])
     print(f"loop runs: python dqn_atari_hadamard.py {' '.join(common)} [--hadamard] --metrics-interval <0 | 1000>", flush=True)
     reference = None
     if opts.reference:
         reference = statistics.median(
-            loop_sps(opts.reference, ["--total-timesteps", str(total), "--learning-starts", str(opts.learning_starts)]
-                     + (["--no-cuda"] if device.type == "cpu" else []))
-            for _ in range(opts.repeats))
+            loop_sps(
+                opts.reference,
+                ["--total-timesteps", str(total), "--learning-starts", str(opts.learning_starts)]
+                + (["--no-cuda"] if device.type == "cpu" else []),
+            )
+            for _ in range(opts.repeats)
+        )
         print(f"CleanRL dqn_atari.py: {reference:7.1f} SPS", flush=True)
     elif not opts.no_cleanrl:
-        reference = statistics.median(cleanrl_sps(total, opts.learning_starts, opts.cleanrl_buffer_size, device) for _ in range(opts.repeats))
-        print(f"CleanRL dqn_atari.py loop (reproduced, SB3 buffer of {opts.cleanrl_buffer_size:,}): {reference:7.1f} SPS", flush=True)
+        reference = statistics.median(
+            cleanrl_sps(total, opts.learning_starts, opts.cleanrl_buffer_size, device) for _ in range(opts.repeats)
+        )
+        print(
+            f"CleanRL dqn_atari.py loop (reproduced, SB3 buffer of {opts.cleanrl_buffer_size:,}): {reference:7.1f} SPS",
+            flush=True,
+        )
     for variant in opts.variants.split(","):
         flags = common + (["--hadamard"] if "_hr" in variant else []) + (["--compile"] if variant.endswith("+compile") else [])
-        off = statistics.median(loop_sps(ROOT / "dqn_atari_hadamard.py", [*flags, "--metrics-interval", "0"]) for _ in range(opts.repeats))
-        on = statistics.median(loop_sps(ROOT / "dqn_atari_hadamard.py", [*flags, "--metrics-interval", "1000"]) for _ in range(opts.repeats))
+        off = statistics.median(
+            loop_sps(ROOT / "dqn_atari_hadamard.py", [*flags, "--metrics-interval", "0"]) for _ in range(opts.repeats)
+        )
+        on = statistics.median(
+            loop_sps(ROOT / "dqn_atari_hadamard.py", [*flags, "--metrics-interval", "1000"]) for _ in range(opts.repeats)
+        )
         learner = learner_sps("_hr" in variant, device)  # eager
         probe = probe_seconds("_hr" in variant, device)
-        line = (f"{variant:8s} loop {off:7.1f} SPS (metrics off) | {on:7.1f} SPS (probe every 1,000 steps, cost {1 - on / off:+.1%}) | "
-                f"learner alone {learner:7.1f} SPS ({off / learner:4.0%}) | probe {probe * 1000:6.1f} ms = {probe * off / interval:6.3%} of {interval:,} steps")
+        line = (
+            f"{variant:8s} loop {off:7.1f} SPS (metrics off) | {on:7.1f} SPS (probe every 1,000 steps, cost "
+            f"{1 - on / off:+.1%}) | learner alone {learner:7.1f} SPS ({off / learner:4.0%}) | probe "
+            f"{probe * 1000:6.1f} ms = {probe * off / interval:6.3%} of {interval:,} steps"
+        )
         if reference:
             line += f" | {off / reference:4.2f}x CleanRL"
         print(line, flush=True)

@@ -74,7 +74,9 @@ def times_ms(*fns, repeats: int = REPEATS) -> list[list[float]]:
 def captured_tensors(model: NatureCNN, obs: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
     """(pre-activation, output) of each plain layer, (za, a, zb, b, output) of the HR layer, as the probe hooks see them."""
     seen = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, key=key: seen.__setitem__(key, (i[0], o))) for key, m in model.layers().items()]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, key=key: seen.__setitem__(key, (i[0], o))) for key, m in model.layers().items()
+    ]
     if isinstance(model.representation, HR):
         for b in "ab":
             branch = getattr(model.representation, f"branch_{b}")
@@ -118,7 +120,11 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for threads in (2, 1):
         torch.set_num_threads(threads)
-        for label, hadamard, width in (("plain tanh", False, 512), ("HR tanh", True, 512), ("param-matched tanh (1023)", False, 1023)):
+        for label, hadamard, width in (
+            ("plain tanh", False, 512),
+            ("HR tanh", True, 512),
+            ("param-matched tanh (1023)", False, 1023),
+        ):
             model = NatureCNN(hadamard, width).eval()
             label = f"{label}, {threads} thread{'s' if threads > 1 else ''}"
 

@@ -36,8 +36,11 @@ def read_run(run_dir: str, max_step: float) -> dict[str, np.ndarray]:
     tags = set(events.Tags()["scalars"])
     if "charts/episodic_return" not in tags:
         raise SystemExit(f"error: {run_dir} logs no charts/episodic_return: not a finished training run's folder")
-    return {tag: np.array([(e.step, e.value) for e in events.Scalars(tag) if e.step <= max_step]).reshape(-1, 2)
-            for tag in ("charts/episodic_return", *METRICS) if tag in tags}
+    return {
+        tag: np.array([(e.step, e.value) for e in events.Scalars(tag) if e.step <= max_step]).reshape(-1, 2)
+        for tag in ("charts/episodic_return", *METRICS)
+        if tag in tags
+    }
 
 
 def running_mean(returns: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -66,7 +69,9 @@ def main() -> None:
             parser.error(f"{run_dir} finished no game by step {opts.max_step:,.0f}")
         groups[label].append((run_dir, {tag: values for tag, values in run.items() if len(values)}))
 
-    print(f"| configuration | seeds | mean of the last {WINDOW} games (per seed) | games | last step | dead_fraction | srank |")
+    print(
+        f"| configuration | seeds | mean of the last {WINDOW} games (per seed) | games | last step | dead_fraction | srank |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     last_step = max(run["charts/episodic_return"][-1, 0] for runs in groups.values() for _, run in runs)
     grid = np.linspace(0, last_step, 200)
@@ -80,14 +85,18 @@ def main() -> None:
         for tag in METRICS:
             last = [run[tag][-1, 1] for _, run in runs if tag in run]
             metrics.append(f"{np.mean(last):.3g} ({', '.join(f'{v:.3g}' for v in last)})" if last else "-")
-        print(f"| {label} | {len(runs)} | {np.mean(finals):.2f} ({', '.join(f'{v:.2f}' for v in finals)}) | "
-              f"{', '.join(map(str, games))} | {', '.join(f'{s:,}' for s in steps)} | {' | '.join(metrics)} |")
+        print(
+            f"| {label} | {len(runs)} | {np.mean(finals):.2f} ({', '.join(f'{v:.2f}' for v in finals)}) | "
+            f"{', '.join(map(str, games))} | {', '.join(f'{s:,}' for s in steps)} | {' | '.join(metrics)} |"
+        )
         curves = np.array([running_mean(run["charts/episodic_return"], grid) for _, run in runs])
         for curve in curves:
             ax.plot(grid, curve, color=color, linewidth=0.6, alpha=0.4)
         mean = curves.mean(axis=0)  # only where every seed has a value: no jump where one seed's curve ends
         ax.plot(grid, mean, color=color, linewidth=2, label=f"{label} ({len(runs)} seeds)")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e3:.0f}k" if x < 1e6 else f"{x / 1e6:g}M"))
+    ax.xaxis.set_major_formatter(
+        matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e3:.0f}k" if x < 1e6 else f"{x / 1e6:g}M")
+    )
     ax.set_xlabel("environment steps")
     ax.set_ylabel(f"return (mean of the last {WINDOW} games)")
     ax.legend()

@@ -62,8 +62,13 @@ def ceiling_sps(hadamard: bool, compile: bool, device: torch.device, repeats: in
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # as the script
     loss_fn = torch.compile(ppo.ppo_loss) if compile else ppo.ppo_loss
     batch = (
-        torch.randint(0, 256, (1024, 4, 84, 84), dtype=torch.uint8), -torch.rand(1024), torch.randint(0, 4, (1024,)),
-        torch.randn(1024), torch.randn(1024), torch.randn(1024), torch.ones(1024),
+        torch.randint(0, 256, (1024, 4, 84, 84), dtype=torch.uint8),
+        -torch.rand(1024),
+        torch.randint(0, 4, (1024,)),
+        torch.randn(1024),
+        torch.randn(1024),
+        torch.randn(1024),
+        torch.ones(1024),
     )
     batch = tuple(x.to(device) for x in batch)
     update_times, forward_times = [], []
@@ -103,7 +108,9 @@ def main():
     parser.add_argument("--iterations", type=int, default=6, help="iterations of 1024 steps per loop run")
     parser.add_argument("--repeats", type=int, default=1, help="loop runs per configuration (median)")
     parser.add_argument("--reference", type=Path, help="CleanRL's ppo_atari.py, timed as the baseline")
-    parser.add_argument("--compile", action="store_true", help="time the loop and the ceiling with --compile (torch.compile of the update)")
+    parser.add_argument(
+        "--compile", action="store_true", help="time the loop and the ceiling with --compile (torch.compile of the update)"
+    )
     parser.add_argument("--no-cuda", action="store_true", help="stay on the CPU even where a GPU is present")
     opts = parser.parse_args()
     interval = ppo.Args().metrics_interval
@@ -113,16 +120,27 @@ def main():
 
     reference = None
     if opts.reference:
-        reference = statistics.median(loop_sps(opts.reference, opts.iterations, ["--no-cuda"] if device.type == "cpu" else []) for _ in range(opts.repeats))
+        reference = statistics.median(
+            loop_sps(opts.reference, opts.iterations, ["--no-cuda"] if device.type == "cpu" else [])
+            for _ in range(opts.repeats)
+        )
         print(f"CleanRL ppo_atari.py: {reference:7.1f} SPS")
     for variant, flags in (("tanh", []), ("tanh_hr", ["--hadamard"])):
-        loop_flags = [*flags, "--metrics-interval", "0"] + (["--compile"] if opts.compile else []) + (["--no-cuda"] if device.type == "cpu" else [])
-        sps = statistics.median(loop_sps(ROOT / "ppo_atari_hadamard.py", opts.iterations, loop_flags) for _ in range(opts.repeats))
+        loop_flags = (
+            [*flags, "--metrics-interval", "0"]
+            + (["--compile"] if opts.compile else [])
+            + (["--no-cuda"] if device.type == "cpu" else [])
+        )
+        sps = statistics.median(
+            loop_sps(ROOT / "ppo_atari_hadamard.py", opts.iterations, loop_flags) for _ in range(opts.repeats)
+        )
         update, learner = ceiling_sps(bool(flags), opts.compile, device)
         probe = probe_seconds(bool(flags), device)
-        line = (f"{variant:8s}{' compiled' if opts.compile else ''} loop {sps:6.1f} SPS | update alone {update:6.1f} SPS "
-                f"({sps / update:4.0%}) | learner alone {learner:6.1f} SPS ({sps / learner:4.0%}) | "
-                f"probe {probe * 1000:5.1f} ms = {probe * sps / interval:6.3%} of {interval:,} steps")
+        line = (
+            f"{variant:8s}{' compiled' if opts.compile else ''} loop {sps:6.1f} SPS | update alone {update:6.1f} SPS "
+            f"({sps / update:4.0%}) | learner alone {learner:6.1f} SPS ({sps / learner:4.0%}) | "
+            f"probe {probe * 1000:5.1f} ms = {probe * sps / interval:6.3%} of {interval:,} steps"
+        )
         if reference:
             line += f" | {sps / reference:4.2f}x CleanRL"
         print(line, flush=True)

@@ -14,7 +14,8 @@ For each preset (CleanRL's 8 envs x 128 steps, 4 epochs x 4 minibatches; purejax
   `serial / update-only` is the most such a loop can reach against the ceiling, `train / serial` how close it is.
 With `--compile` the script runs with `--compile` and the ceilings use the compiled `q_loss`. Every figure is the
 median of `--repeats` measurements (the machine is shared); the ratios are taken between medians.
-Usage: python benchmarks/bench_pqn.py [--iterations 4] [--repeats 3] [--presets cleanrl purejaxql] [--variants tanh tanh_hr] [--compile]
+Usage: python benchmarks/bench_pqn.py [--iterations 4] [--repeats 3] [--presets cleanrl purejaxql] [--variants tanh tanh_hr]
+       [--compile]
 """
 
 import json
@@ -75,8 +76,16 @@ def train_sps(bench: BenchArgs, preset: dict, variant: list[str], metrics: str) 
     batch = preset["num_envs"] * preset["num_steps"]
     interval = batch if metrics == "on" else 0
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "pqn_atari_hadamard.py"), *flags(preset), *variant, f"--env-id={bench.env_id}",
-               f"--total-timesteps={batch * bench.iterations}", f"--metrics-interval={interval}", "--run-name=bench"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "pqn_atari_hadamard.py"),
+            *flags(preset),
+            *variant,
+            f"--env-id={bench.env_id}",
+            f"--total-timesteps={batch * bench.iterations}",
+            f"--metrics-interval={interval}",
+            "--run-name=bench",
+        ]
         if not bench.cuda:
             cmd.append("--no-cuda")
         if bench.compile:
@@ -170,7 +179,10 @@ def env_sps(bench: BenchArgs, preset: dict, agent_steps: int = 8192) -> float:
 def median_of(measure, repeats: int) -> dict:
     """Run `measure()` (a dict of figures) `repeats` times: the median of each numeric figure."""
     runs = [measure() for _ in range(repeats)]
-    return {key: statistics.median(run[key] for run in runs) if isinstance(value, (int, float)) else value for key, value in runs[0].items()}
+    return {
+        key: statistics.median(run[key] for run in runs) if isinstance(value, (int, float)) else value
+        for key, value in runs[0].items()
+    }
 
 
 def main():
@@ -178,11 +190,21 @@ def main():
     if bench.repeats < 1 or bench.iterations < 2:
         sys.exit("error: --repeats must be at least 1 and --iterations at least 2 (the first iteration is left out)")
     device = torch.device("cuda" if torch.cuda.is_available() and bench.cuda else "cpu")
-    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)", "torch": torch.__version__}
-    print(f"# PQN benchmark on {info['device']}, torch {info['torch']}, {bench.env_id}, {bench.iterations} iterations per run"
-          + (", --compile" if bench.compile else ""))
+    info = {
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+        "torch": torch.__version__,
+    }
+    print(
+        f"# PQN benchmark on {info['device']}, torch {info['torch']}, {bench.env_id}, {bench.iterations} iterations per run"
+        + (", --compile" if bench.compile else "")
+    )
     results = []
-    header = "| preset | variant | metrics | train SPS | update-only SPS | train / update-only | compute-only SPS | env-only SPS | serial / update-only | train / serial | probe s |"
+    header = (
+        "| preset | variant | metrics | train SPS | update-only SPS | train / update-only | compute-only SPS | env-only SPS | "
+        "serial / update-only | train / serial | probe s |"
+    )
     print(header + "\n|" + "---|" * 11, flush=True)
     for preset_name in bench.presets:
         preset = PRESETS[preset_name]
@@ -191,13 +213,23 @@ def main():
             variant = VARIANTS[variant_name]
             ceiling = median_of(lambda: compute_sps(bench, preset, variant, device), bench.repeats)
             for metrics in bench.metrics:
-                row = dict(preset=preset_name, variant=variant_name, metrics=metrics, env_only_sps=env_only, **ceiling,
-                           **median_of(lambda: train_sps(bench, preset, variant, metrics), bench.repeats))
+                row = dict(
+                    preset=preset_name,
+                    variant=variant_name,
+                    metrics=metrics,
+                    env_only_sps=env_only,
+                    **ceiling,
+                    **median_of(lambda: train_sps(bench, preset, variant, metrics), bench.repeats),
+                )
                 row["serial_sps"] = 1 / (1 / row["compute_only_sps"] + 1 / env_only)
                 results.append(row)
-                print(f"| {preset_name} | {variant_name} | {metrics} | {row['sps']:.0f} | {row['update_only_sps']:.0f} | "
-                      f"{row['sps'] / row['update_only_sps']:.0%} | {row['compute_only_sps']:.0f} | {env_only:.0f} | "
-                      f"{row['serial_sps'] / row['update_only_sps']:.0%} | {row['sps'] / row['serial_sps']:.0%} | {row['probe_seconds']:.2f} |", flush=True)
+                print(
+                    f"| {preset_name} | {variant_name} | {metrics} | {row['sps']:.0f} | {row['update_only_sps']:.0f} | "
+                    f"{row['sps'] / row['update_only_sps']:.0%} | {row['compute_only_sps']:.0f} | {env_only:.0f} | "
+                    f"{row['serial_sps'] / row['update_only_sps']:.0%} | {row['sps'] / row['serial_sps']:.0%} | "
+                    f"{row['probe_seconds']:.2f} |",
+                    flush=True,
+                )
     for row in results:
         print(f"# {row['preset']}/{row['variant']}/metrics {row['metrics']}: {row['command']}")
     if bench.output:

@@ -66,8 +66,10 @@ def env_ids(games: list) -> list:
         short = re.fullmatch(r"[A-Za-z0-9_]+", game) is not None
         match = None if short else ENV_ID.fullmatch(game)
         if not short and match is None:
-            fail(f"'{game}' is neither a game nor an env id the scripts take (e.g. Breakout, BreakoutNoFrameskip-v4, "
-                 "ALE/Breakout-v5 or Breakout-v5)")
+            fail(
+                f"'{game}' is neither a game nor an env id the scripts take (e.g. Breakout, BreakoutNoFrameskip-v4, "
+                "ALE/Breakout-v5 or Breakout-v5)"
+            )
         asked = game if short else match.group(2)
         key = asked.replace("_", "").lower()
         if key not in roms:
@@ -99,8 +101,10 @@ def load_script(path: str, index: int):
             warnings.simplefilter("ignore")
             spec.loader.exec_module(module)
     except Exception as exc:
-        fail(f"{sys.executable} cannot import {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
-             "activate the project's virtual environment or set PYTHON")
+        fail(
+            f"{sys.executable} cannot import {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
+            "activate the project's virtual environment or set PYTHON"
+        )
     if not dataclasses.is_dataclass(getattr(module, "Args", None)):
         fail(f"{path} has no Args dataclass, so the sweep cannot check its flags")
     return module
@@ -202,11 +206,15 @@ def check_runs(runs_dir: str, mismatched: str, fields: list):
         _, run_dir, found = other[0]
         replaced = os.path.join(runs_dir, "_replaced")
         if len(other) == 1:
-            fail(f"{run_dir} holds a run with other settings ({summary(found)}): run this sweep with its flags, or give "
-                 f"--mismatched skip to leave it as it is or --mismatched redo to move it to {replaced}/ and run it again")
-        fail(f"{len(other)} runs in {runs_dir}/ hold other settings than this sweep's, e.g. {run_dir} ({summary(found)}): run "
-             f"this sweep with their flags, or give --mismatched skip to leave them as they are or --mismatched redo to move "
-             f"them to {replaced}/ and run them again")
+            fail(
+                f"{run_dir} holds a run with other settings ({summary(found)}): run this sweep with its flags, or give "
+                f"--mismatched skip to leave it as it is or --mismatched redo to move it to {replaced}/ and run it again"
+            )
+        fail(
+            f"{len(other)} runs in {runs_dir}/ hold other settings than this sweep's, e.g. {run_dir} ({summary(found)}): run "
+            f"this sweep with their flags, or give --mismatched skip to leave them as they are or --mismatched redo to move "
+            f"them to {replaced}/ and run them again"
+        )
     for index, _, found in other:
         print(f"{index}\t{summary(found)}")
 

@@ -37,12 +37,39 @@ ALGORITHM_ORDER = ["dqn", "ppo", "pqn"]
 # Every other key (hyperparameters, budget, env id and sticky actions) splits groups. `repeat_action_probability`
 # (the flag, None when not given) is replaced by the sticky-action probability it resolves to; `algorithm`,
 # `variant` and `env_id` name the group anyway.
-IGNORED_CONFIG_KEYS = frozenset({
-    "seed", "run_name", "exp_name", "cuda", "track", "wandb_project_name", "wandb_entity", "wandb_id", "capture_video",
-    "save_model", "eval_episodes", "eval_epsilon", "eval_model", "eval_only", "env_threads", "checkpoint_interval",
-    "checkpoint_buffer", "keep_checkpoint", "compile", "torch_deterministic", "metrics_interval", "metrics_batch_size",
-    "device", "num_parameters", "algorithm", "variant", "env_id", "repeat_action_probability", "sticky_action_probability",
-})
+IGNORED_CONFIG_KEYS = frozenset(
+    {
+        "seed",
+        "run_name",
+        "exp_name",
+        "cuda",
+        "track",
+        "wandb_project_name",
+        "wandb_entity",
+        "wandb_id",
+        "capture_video",
+        "save_model",
+        "eval_episodes",
+        "eval_epsilon",
+        "eval_model",
+        "eval_only",
+        "env_threads",
+        "checkpoint_interval",
+        "checkpoint_buffer",
+        "keep_checkpoint",
+        "compile",
+        "torch_deterministic",
+        "metrics_interval",
+        "metrics_batch_size",
+        "device",
+        "num_parameters",
+        "algorithm",
+        "variant",
+        "env_id",
+        "repeat_action_probability",
+        "sticky_action_probability",
+    }
+)
 VARIANT_KEYS = frozenset({"activation", "hadamard", "param_matched", "representation_width"})  # spelled by the variant name
 # computed at start from num_envs, num_steps, num_minibatches and total_timesteps (DQN's batch_size is a hyperparameter)
 DERIVED_KEYS = {algorithm: {"batch_size", "minibatch_size", "num_iterations"} for algorithm in ("ppo", "pqn")}
@@ -276,11 +303,23 @@ def load_runs(runs_dir: Path) -> tuple[list[Run], list[Run]]:
         if not curves:
             warn(f"{folder}: its TensorBoard events hold no scalars yet: left out")
             continue
-        variant = config.get("variant") or (config.get("activation", "tanh") + ("_hr" if config.get("hadamard") else "")
-                                            + ("_pm" if config.get("param_matched") else ""))
-        runs.append(Run(folder.name, str(config.get("algorithm") or config.get("exp_name", "?")), variant,
-                        str(config.get("env_id", "?")), int(config.get("seed", 0)), (folder / "done.json").is_file(), curves,
-                        config))
+        variant = config.get("variant") or (
+            config.get("activation", "tanh")
+            + ("_hr" if config.get("hadamard") else "")
+            + ("_pm" if config.get("param_matched") else "")
+        )
+        runs.append(
+            Run(
+                folder.name,
+                str(config.get("algorithm") or config.get("exp_name", "?")),
+                variant,
+                str(config.get("env_id", "?")),
+                int(config.get("seed", 0)),
+                (folder / "done.json").is_file(),
+                curves,
+                config,
+            )
+        )
     if not runs:
         fail(f"no run in {runs_dir}/ has TensorBoard events to report (see the warnings above)")
     finished = [r for r in runs if r.finished]
@@ -291,8 +330,10 @@ def load_runs(runs_dir: Path) -> tuple[list[Run], list[Run]]:
     for run in finished:
         key = (run.algorithm, run.variant, run.game, run.settings, run.seed)
         if key in seen:
-            fail(f"{runs_dir / seen[key]} and {runs_dir / run.name} are both {run.algorithm} {run.variant} on {run.game} "
-                 f"with seed {run.seed} and the same settings: move one out of {runs_dir}/ so that each seed counts once")
+            fail(
+                f"{runs_dir / seen[key]} and {runs_dir / run.name} are both {run.algorithm} {run.variant} on {run.game} "
+                f"with seed {run.seed} and the same settings: move one out of {runs_dir}/ so that each seed counts once"
+            )
         seen[key] = run.name
     return finished, [r for r in runs if not r.finished]
 
@@ -374,8 +415,9 @@ def label_groups(groups: list[Group]) -> list[str]:
         reference[key] = min(counts, key=lambda v: (-counts[v], str(v)))
 
     def details(setting: dict, shown: list) -> list:
-        return [describe_setting(k, setting[k]) if k in setting else f"{k} n/a"
-                for k in shown if setting.get(k) != reference[k]]
+        return [
+            describe_setting(k, setting[k]) if k in setting else f"{k} n/a" for k in shown if setting.get(k) != reference[k]
+        ]
 
     def distinct(shown: list) -> bool:
         return len({(g.game, g.variant, tuple(details(s, shown))) for g, s in zip(groups, settings)}) == len(groups)
@@ -401,19 +443,30 @@ def make_groups(runs: list[Run]) -> tuple[list[Group], dict]:
     groups = sorted((Group(*key, members) for key, members in by_key.items()), key=lambda g: json.dumps(g.settings))
     references = {a: label_groups([g for g in groups if g.algorithm == a]) for a in ordered(g.algorithm for g in groups)}
     # the paper's order; within a variant the reference settings first, then by how the others differ
-    groups.sort(key=lambda g: (rank(g.algorithm, ALGORITHM_ORDER), g.algorithm, g.game, rank(g.variant, VARIANT_ORDER),
-                               g.variant, len(g.details), g.label))
+    groups.sort(
+        key=lambda g: (
+            rank(g.algorithm, ALGORITHM_ORDER),
+            g.algorithm,
+            g.game,
+            rank(g.variant, VARIANT_ORDER),
+            g.variant,
+            len(g.details),
+            g.label,
+        )
+    )
     series_of_variant = {}  # settings of one variant get their own line style, the same in every game
     for group in groups:
         seen = series_of_variant.setdefault((group.algorithm, group.variant), [])
         if group.series not in seen:
             seen.append(group.series)
         group.linestyle = LINESTYLES[seen.index(group.series) % len(LINESTYLES)]
-    for (algorithm, game, variant) in dict.fromkeys((g.algorithm, g.game, g.variant) for g in groups):
+    for algorithm, game, variant in dict.fromkeys((g.algorithm, g.game, g.variant) for g in groups):
         split = [g.label for g in groups if (g.algorithm, g.game, g.variant) == (algorithm, game, variant)]
         if len(split) > 1:
-            warn(f"{algorithm} {variant} on {game}: runs with different settings, reported as {len(split)} groups: "
-                 + "; ".join(split))
+            warn(
+                f"{algorithm} {variant} on {game}: runs with different settings, reported as {len(split)} groups: "
+                + "; ".join(split)
+            )
     return groups, references
 
 
@@ -583,8 +636,9 @@ def panel_grid(count: int, width: float, height: float, ncols: int = 3):
     return fig, list(axes.flat)
 
 
-def plot_curves(groups: list[Group], tag: str, label: str, title: str, path: Path, window: int, styles: dict, reps: int,
-                seed: int):
+def plot_curves(
+    groups: list[Group], tag: str, label: str, title: str, path: Path, window: int, styles: dict, reps: int, seed: int
+):
     """One panel per game: each group's mean over seeds against environment steps, cut where its shortest seed ends,
     with its band (bootstrap CI for 3+ seeds, range for 2, none for 1), named in the legend with n."""
     from matplotlib.ticker import FuncFormatter
@@ -604,9 +658,20 @@ def plot_curves(groups: list[Group], tag: str, label: str, title: str, path: Pat
             color, marker = styles[group.variant]
             every = max(1, len(grid) // 8)  # markers tell variants apart in grey print; staggered so they do not overlap
             offset = (rank(group.variant, VARIANT_ORDER) * every // 5) % every
-            ax.plot(grid, mean, color=color, linestyle=group.linestyle, marker=marker, markevery=(offset, every), markersize=5,
-                    markerfacecolor="white", linewidth=1.6, clip_on=not fraction, zorder=3,
-                    label=f"{group.label} ({seeds_legend(len(curves), kind)})")
+            ax.plot(
+                grid,
+                mean,
+                color=color,
+                linestyle=group.linestyle,
+                marker=marker,
+                markevery=(offset, every),
+                markersize=5,
+                markerfacecolor="white",
+                linewidth=1.6,
+                clip_on=not fraction,
+                zorder=3,
+                label=f"{group.label} ({seeds_legend(len(curves), kind)})",
+            )
             if kind:
                 if fraction:
                     low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
@@ -615,8 +680,15 @@ def plot_curves(groups: list[Group], tag: str, label: str, title: str, path: Pat
         if drawn:  # under the panel: inside, it hides the curves
             ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.26), frameon=False)
         else:
-            ax.text(0.5, 0.5, "no finished game yet" if tag == RETURN_TAG else f"no {tag} logged",
-                    ha="center", va="center", transform=ax.transAxes, color="gray")
+            ax.text(
+                0.5,
+                0.5,
+                "no finished game yet" if tag == RETURN_TAG else f"no {tag} logged",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="gray",
+            )
         if fraction:
             ax.set_ylim(0.0, 1.0)
         ax.set_title(game)
@@ -653,8 +725,10 @@ def plot_intervals(rows: list, panels: list, legend: tuple, path: Path, title: s
         ax.set_xlabel(xlabel)
         ax.set_title(name)
         ax.grid(axis="x", alpha=0.3)
-    handles = [Line2D([], [], color="gray", marker="o", markeredgecolor="black", linestyle="none", label=legend[0]),
-               Line2D([], [], color="gray", linewidth=6, alpha=0.35, label=legend[1])]
+    handles = [
+        Line2D([], [], color="gray", marker="o", markeredgecolor="black", linestyle="none", label=legend[0]),
+        Line2D([], [], color="gray", linewidth=6, alpha=0.35, label=legend[1]),
+    ]
     fig.suptitle(title)
     fig.tight_layout()
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=8)
@@ -665,8 +739,10 @@ def plot_learning_speed(groups: list[Group], path: Path, styles: dict, window: i
     """Two panels: return AUC (learning speed) and final return per group, mean over seeds with its interval."""
     several_games = len({g.game for g in groups}) > 1
     rows = [(f"{g.game}: " * several_games + f"{g.label} (n={g.speed['n']})", *styles[g.variant]) for g in groups]
-    panels = [("learning speed", "return AUC: mean return over [0, budget]", [g.speed["auc"] for g in groups]),
-              ("final return", f"mean return of the last {window} games", [g.speed["final"] for g in groups])]
+    panels = [
+        ("learning speed", "return AUC: mean return over [0, budget]", [g.speed["auc"] for g in groups]),
+        ("final return", f"mean return of the last {window} games", [g.speed["final"] for g in groups]),
+    ]
     legend = ("mean over seeds", f"{BAND_LEVEL} over seeds (n≥3), their range (n=2), none (n=1)")
     separators = [i for i in range(1, len(groups)) if groups[i].game != groups[i - 1].game]  # between games
     plot_intervals(rows, panels, legend, path, f"{groups[0].algorithm}: learning speed and final return", separators)
@@ -676,11 +752,20 @@ def plot_aggregates(aggregates: dict, path: Path, styles: dict, budget: int):
     """IQM and median human-normalised score with 95% stratified bootstrap CIs, one row per (algorithm, series)."""
     rows, values = [], ([], [])
     for (algorithm, series, variant), agg in aggregates.items():
-        rows.append((f"{algorithm} {series} (n={agg.runs_per_game} per game)" if agg.points is not None
-                     else f"{algorithm} {series}", *styles[variant]))
+        rows.append(
+            (
+                f"{algorithm} {series} (n={agg.runs_per_game} per game)"
+                if agg.points is not None
+                else f"{algorithm} {series}",
+                *styles[variant],
+            )
+        )
         for col in range(2):
-            values[col].append((agg.points[col], agg.intervals[0, col], agg.intervals[1, col]) if agg.points is not None
-                               else (math.nan, math.nan, math.nan))
+            values[col].append(
+                (agg.points[col], agg.intervals[0, col], agg.intervals[1, col])
+                if agg.points is not None
+                else (math.nan, math.nan, math.nan)
+            )
     panels = [(name, "human-normalised score", values[col]) for col, name in enumerate(["IQM", "Median"])]
     legend = ("point estimate", "95% stratified bootstrap CI (rliable)")
     keys = list(aggregates)
@@ -713,8 +798,9 @@ def csv_text(header: list, rows: list) -> str:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow(["" if isinstance(v, float) and not np.isfinite(v) else f"{v:.6g}" if isinstance(v, float) else v
-                         for v in row])
+        writer.writerow(
+            ["" if isinstance(v, float) and not np.isfinite(v) else f"{v:.6g}" if isinstance(v, float) else v for v in row]
+        )
     return text.getvalue()
 
 
@@ -739,8 +825,16 @@ def learning_speed(group: Group, window: int, reps: int, seed: int) -> dict:
     return result
 
 
-def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: int, seed: int, unfinished: list[Run] = (),
-                 steps: Optional[list[int]] = None) -> str:
+def write_report(
+    runs: list[Run],
+    runs_dir: Path,
+    out: Path,
+    window: int,
+    reps: int,
+    seed: int,
+    unfinished: list[Run] = (),
+    steps: Optional[list[int]] = None,
+) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -758,8 +852,11 @@ def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: 
         "# Results",
         "",
         f"{len(runs)} finished runs from `{runs_dir.resolve().name}/`, by `plot_results.py`."
-        + (f" {len(unfinished)} unfinished runs (no `done.json`) are listed at the end, in no table or plot."
-           if unfinished else ""),
+        + (
+            f" {len(unfinished)} unfinished runs (no `done.json`) are listed at the end, in no table or plot."
+            if unfinished
+            else ""
+        ),
         "",
         "- **groups**: runs are seeds of one group when they share algorithm, variant, env id and sticky-action probability, "
         "budget (total_timesteps) and every hyperparameter in config.json (all keys but bookkeeping such as seed, run name, "
@@ -797,34 +894,66 @@ def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: 
         if references[algorithm]:
             reference = ", ".join(references[algorithm])
             reference = reference.replace("<game>", games[0]) if len(games) == 1 else reference
-            lines += [f"Runs differ in settings: a group named without them has {reference}; "
-                      "the others name where they differ from that.", ""]
-        lines += ["| game | variant | runs | steps | return | HNS | dead fraction | srank |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            lines += [
+                f"Runs differ in settings: a group named without them has {reference}; "
+                "the others name where they differ from that.",
+                "",
+            ]
+        lines += [
+            "| game | variant | runs | steps | return | HNS | dead fraction | srank |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for group in mine:
             game, members = group.game, group.runs
             returns = [r.final_return(window) for r in members]
             ret_mean, ret_std, played = mean_std(returns)
-            hns = (fmt(*mean_std([human_normalized(x, game) for x in returns])[:2], digits=3) if game in ATARI_SCORES
-                   else "n/a (no published scores)")
+            hns = (
+                fmt(*mean_std([human_normalized(x, game) for x in returns])[:2], digits=3)
+                if game in ATARI_SCORES
+                else "n/a (no published scores)"
+            )
             ret = fmt(ret_mean, ret_std, 1)
             if played < len(members):
-                ret += (f" ({len(members) - played} of {len(members)} runs finished no game)" if played
-                        else " (no finished game yet)")
+                ret += (
+                    f" ({len(members) - played} of {len(members)} runs finished no game)"
+                    if played
+                    else " (no finished game yet)"
+                )
             dead = fmt(*mean_std([r.last(CURVES["dead_fraction"][0]) for r in members])[:2], digits=3)
             srank = fmt(*mean_std([r.last(CURVES["srank"][0]) for r in members])[:2], digits=1)
             last_steps = f"{int(np.mean([r.last_step for r in members])):,}"
             lines.append(f"| {game} | {group.label} | {len(members)} | {last_steps} | {ret} | {hns} | {dead} | {srank} |")
             sticky = json.loads(dict(group.settings)["sticky_action_probability"])
             for r in members:
-                run_rows.append([r.name, algorithm, r.variant, group.label, game, r.env_id, sticky, r.budget, r.seed,
-                                 int(r.finished), r.last_step, len(r.returns), r.final_return(window),
-                                 human_normalized(r.final_return(window), game), r.return_auc(),
-                                 *(r.last(CURVES[name][0]) for name in RUN_METRICS)])
+                run_rows.append(
+                    [
+                        r.name,
+                        algorithm,
+                        r.variant,
+                        group.label,
+                        game,
+                        r.env_id,
+                        sticky,
+                        r.budget,
+                        r.seed,
+                        int(r.finished),
+                        r.last_step,
+                        len(r.returns),
+                        r.final_return(window),
+                        human_normalized(r.final_return(window), game),
+                        r.return_auc(),
+                        *(r.last(CURVES[name][0]) for name in RUN_METRICS),
+                    ]
+                )
 
         names = [name.replace("_", " ") for name in STEP_METRICS]
-        lines += ["", "Representation at fixed steps (mean ± std over seeds):", "",
-                  f"| game | variant | step | runs | {' | '.join(names)} |", "| --- " * (4 + len(names)) + "|"]
+        lines += [
+            "",
+            "Representation at fixed steps (mean ± std over seeds):",
+            "",
+            f"| game | variant | step | runs | {' | '.join(names)} |",
+            "| --- " * (4 + len(names)) + "|",
+        ]
         for group in mine:
             for step in (s for s in steps if s <= group.budget):
                 cells = []
@@ -832,28 +961,55 @@ def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: 
                     values = [r.at(CURVES[name][0], step) for r in group.runs]
                     mean, std, count = mean_std(values)
                     finite = [v for v in values if np.isfinite(v)]
-                    step_rows.append([algorithm, group.game, group.variant, group.label, step, name, count, mean, std,
-                                      min(finite, default=math.nan), max(finite, default=math.nan)])
+                    step_rows.append(
+                        [
+                            algorithm,
+                            group.game,
+                            group.variant,
+                            group.label,
+                            step,
+                            name,
+                            count,
+                            mean,
+                            std,
+                            min(finite, default=math.nan),
+                            max(finite, default=math.nan),
+                        ]
+                    )
                     # a run that logged no value near the step is left out of its mean: say so
                     fewer = f" ({count} of {len(values)} runs)" if 0 < count < len(values) else ""
                     cells.append(fmt(mean, std, digits) + fewer)
-                lines.append(f"| {group.game} | {group.label} | {steps_label(step)} | {len(group.runs)} | "
-                             + " | ".join(cells) + " |")
+                lines.append(
+                    f"| {group.game} | {group.label} | {steps_label(step)} | {len(group.runs)} | " + " | ".join(cells) + " |"
+                )
         if not any(s <= g.budget for g in mine for s in steps):
             lines.append(f"| (no group reached {steps_label(steps[0])} steps) |" + " |" * (3 + len(names)))
 
-        lines += ["", "Learning speed: return AUC and final return, mean over seeds [interval: "
-                  f"{BAND_LEVEL} for 3+ seeds, range for 2]:", "",
-                  "| game | variant | runs | return AUC | final return | interval |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "Learning speed: return AUC and final return, mean over seeds [interval: "
+            f"{BAND_LEVEL} for 3+ seeds, range for 2]:",
+            "",
+            "| game | variant | runs | return AUC | final return | interval |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for group in mine:
             stats = group.speed
-            lines.append(f"| {group.game} | {group.label} | {stats['n']} | {fmt_interval(stats['auc'])} | "
-                         f"{fmt_interval(stats['final'])} | {stats['kind'] or 'none (1 seed)' if stats['n'] else 'n/a'} |")
+            lines.append(
+                f"| {group.game} | {group.label} | {stats['n']} | {fmt_interval(stats['auc'])} | "
+                f"{fmt_interval(stats['final'])} | {stats['kind'] or 'none (1 seed)' if stats['n'] else 'n/a'} |"
+            )
 
         unknown = [g for g in games if g not in ATARI_SCORES]
-        lines += ["", f"Aggregate human-normalised score over {', '.join(g for g in games if g in ATARI_SCORES) or 'no game'}"
-                  + (f" ({', '.join(unknown)} left out: no published human and random scores)" if unknown else "") + ":", "",
-                  "| variant | runs per game | IQM [95% CI] | median [95% CI] | note |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"Aggregate human-normalised score over {', '.join(g for g in games if g in ATARI_SCORES) or 'no game'}"
+            + (f" ({', '.join(unknown)} left out: no published human and random scores)" if unknown else "")
+            + ":",
+            "",
+            "| variant | runs per game | IQM [95% CI] | median [95% CI] | note |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         series = {}  # (variant, settings) -> its groups across games
         for group in mine:
             series.setdefault((group.variant, group.settings), []).append(group)
@@ -865,8 +1021,10 @@ def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: 
                 lines.append(f"| {key[1]} | {agg.runs_per_game or '-'} | n/a | n/a | {agg.note} |")
             else:
                 (iqm, median), (low, high) = agg.points, agg.intervals
-                lines.append(f"| {key[1]} | {agg.runs_per_game} | {iqm:.3f} [{low[0]:.3f}, {high[0]:.3f}] | "
-                             f"{median:.3f} [{low[1]:.3f}, {high[1]:.3f}] | {agg.note} |")
+                lines.append(
+                    f"| {key[1]} | {agg.runs_per_game} | {iqm:.3f} [{low[0]:.3f}, {high[0]:.3f}] | "
+                    f"{median:.3f} [{low[1]:.3f}, {high[1]:.3f}] | {agg.note} |"
+                )
         lines.append("")
         for suffix, (tag, label) in CURVES.items():
             name = f"{algorithm}_{suffix}.png"
@@ -884,28 +1042,66 @@ def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: 
     for i, budget in enumerate(budgets):
         name = "aggregate_iqm.png" if i == 0 else f"aggregate_iqm_{steps_label(budget)}.png"
         plot_aggregates({k: a for k, a in aggregates.items() if aggregate_budgets[k] == budget}, out / name, styles, budget)
-        lines += [f"Runs at {steps_label(budget)} steps:", "",
-                  f"![aggregate IQM and median, {steps_label(budget)} steps]({name})", ""]
+        lines += [
+            f"Runs at {steps_label(budget)} steps:",
+            "",
+            f"![aggregate IQM and median, {steps_label(budget)} steps]({name})",
+            "",
+        ]
         figure_count += 1
     if no_games:
-        lines += ["## Notes", "", f"{len(no_games)} of {len(runs)} runs finished no game (budget too small for a whole game): "
-                  "their return is n/a, left out of the means and aggregates; their metric curves are still plotted.", ""]
+        lines += [
+            "## Notes",
+            "",
+            f"{len(no_games)} of {len(runs)} runs finished no game (budget too small for a whole game): "
+            "their return is n/a, left out of the means and aggregates; their metric curves are still plotted.",
+            "",
+        ]
     if unfinished:
-        lines += ["## Unfinished runs", "",
-                  "Not in any table or plot above (no `done.json`: running, interrupted or failed):", "",
-                  "| run | algorithm | variant | game | seed | last step logged |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r.name} | {r.algorithm} | {variant_label(r.variant)} | {r.game} | {r.seed} | {r.last_step:,} |"
-                  for r in unfinished]
+        lines += [
+            "## Unfinished runs",
+            "",
+            "Not in any table or plot above (no `done.json`: running, interrupted or failed):",
+            "",
+            "| run | algorithm | variant | game | seed | last step logged |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r.name} | {r.algorithm} | {variant_label(r.variant)} | {r.game} | {r.seed} | {r.last_step:,} |"
+            for r in unfinished
+        ]
         lines.append("")
     (out / "results.md").write_text("\n".join(lines))
-    (out / "results.csv").write_text(csv_text(
-        ["run", "algorithm", "variant", "group", "game", "env_id", "sticky_action_probability", "budget", "seed", "finished",
-         "steps", "games", "final_return", "hns", "return_auc", *RUN_METRICS],
-        run_rows))
-    (out / "representation.csv").write_text(csv_text(
-        ["algorithm", "game", "variant", "group", "step", "metric", "runs", "mean", "std", "min", "max"], step_rows))
-    summary = (f"report: {len(runs)} finished runs in {len(groups)} groups -> {out}/results.md, results.csv, "
-               f"representation.csv and {figure_count} figures (PNG and PDF)")
+    (out / "results.csv").write_text(
+        csv_text(
+            [
+                "run",
+                "algorithm",
+                "variant",
+                "group",
+                "game",
+                "env_id",
+                "sticky_action_probability",
+                "budget",
+                "seed",
+                "finished",
+                "steps",
+                "games",
+                "final_return",
+                "hns",
+                "return_auc",
+                *RUN_METRICS,
+            ],
+            run_rows,
+        )
+    )
+    (out / "representation.csv").write_text(
+        csv_text(["algorithm", "game", "variant", "group", "step", "metric", "runs", "mean", "std", "min", "max"], step_rows)
+    )
+    summary = (
+        f"report: {len(runs)} finished runs in {len(groups)} groups -> {out}/results.md, results.csv, "
+        f"representation.csv and {figure_count} figures (PNG and PDF)"
+    )
     if unfinished:
         summary += f" ({len(unfinished)} unfinished runs listed apart)"
     if no_games:
@@ -915,17 +1111,24 @@ def write_report(runs: list[Run], runs_dir: Path, out: Path, window: int, reps: 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description="Tables and plots of the runs under runs/ (TensorBoard events and config.json).")
+        description="Tables and plots of the runs under runs/ (TensorBoard events and config.json)."
+    )
     parser.add_argument("--runs-dir", default="runs", help="the folder holding one folder per run (default: runs)")
-    parser.add_argument("--out", default="results",
-                        help="where results.md, the csv files and the figures go (default: results)")
-    parser.add_argument("--window", type=int, default=100,
-                        help="the number of last games a run's final return averages (default: 100)")
-    parser.add_argument("--reps", type=int, default=2000,
-                        help="bootstrap resamples of the confidence intervals (default: 2000)")
+    parser.add_argument(
+        "--out", default="results", help="where results.md, the csv files and the figures go (default: results)"
+    )
+    parser.add_argument(
+        "--window", type=int, default=100, help="the number of last games a run's final return averages (default: 100)"
+    )
+    parser.add_argument(
+        "--reps", type=int, default=2000, help="bootstrap resamples of the confidence intervals (default: 2000)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstraps (default: 0)")
-    parser.add_argument("--steps", default=DEFAULT_STEPS,
-                        help=f"the environment steps of the representation table, comma-separated (default: {DEFAULT_STEPS})")
+    parser.add_argument(
+        "--steps",
+        default=DEFAULT_STEPS,
+        help=f"the environment steps of the representation table, comma-separated (default: {DEFAULT_STEPS})",
+    )
     args = parser.parse_args(argv)
     if args.window <= 0 or args.reps <= 0:
         fail("--window and --reps must be positive")

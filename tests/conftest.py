@@ -33,11 +33,19 @@ def file_size_limit(limit: Optional[int]):
     return preexec if limit is not None else None
 
 
-def run_script(script: str, *args: str, cwd: Path, timeout: float = 600,
-               max_file_size: Optional[int] = None) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, cwd: Path, timeout: float = 600, max_file_size: Optional[int] = None
+) -> subprocess.CompletedProcess:
     """Run `python <script> <args>` in `cwd`, capturing its output (with `max_file_size`, under that file size limit)."""
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=file_size_limit(max_file_size))
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
+        env=SCRIPT_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=file_size_limit(max_file_size),
+    )
 
 
 def run_ok(script: str, *args: str, cwd: Path) -> Path:
@@ -57,7 +65,9 @@ def run_ok_output(script: str, *args: str, cwd: Path) -> tuple[Path, str]:
 def assert_progress_and_outputs(stdout: str, run_dir: Path, videos: bool):
     """Every progress line gives the percent done, the elapsed time and the ETA; the last line says where the outputs are."""
     progress = [line for line in stdout.splitlines() if line.startswith("step ")]
-    assert progress and all(re.search(r"\(\s*\d+%\)  elapsed \d+:\d\d:\d\d  ETA \d+:\d\d:\d\d  SPS", line) for line in progress), progress
+    assert progress and all(
+        re.search(r"\(\s*\d+%\)  elapsed \d+:\d\d:\d\d  ETA \d+:\d\d:\d\d  SPS", line) for line in progress
+    ), progress
     assert "(100%)" in progress[-1] and "ETA 0:00:00" in progress[-1]
     last = stdout.strip().splitlines()[-1]
     assert last.startswith(f"done: outputs in runs/{run_dir.name}/"), last
@@ -88,8 +98,13 @@ def assert_bad_model_files_rejected(script: str, algorithm: str, misfit: dict, w
     torch.save({"algorithm": algorithm, "state_dict": {}}, workdir / "partial.pt")
     torch.save(misfit, workdir / "misfit.pt")
     (workdir / "corrupt.pt").write_bytes(b"\x00not a model" * 10)
-    expected = {"missing.pt": "not found", "corrupt.pt": "cannot read model file", "foreign.pt": f"not a {algorithm.upper()} model",
-                "partial.pt": "lacks", "misfit.pt": "does not fit"}
+    expected = {
+        "missing.pt": "not found",
+        "corrupt.pt": "cannot read model file",
+        "foreign.pt": f"not a {algorithm.upper()} model",
+        "partial.pt": "lacks",
+        "misfit.pt": "does not fit",
+    }
     for name, message in expected.items():
         assert message in run_fails(script, "--eval-model", name, cwd=workdir), name
 
@@ -122,8 +137,14 @@ def assert_metrics_do_not_change_the_run(script: str, args: list, probe_flags: l
         scalars[name] = read_scalars(run_ok(script, *args, *flags, cwd=workdir / name))
     assert any(tag.startswith("representation/") for tag in scalars["on"])
     assert not any(tag.startswith("representation/") for tag in scalars["off"]), "--metrics-interval 0 turns the probe off"
-    compared = [tag for tag in scalars["on"] if tag.startswith("losses/") or tag in ("charts/episodic_return", "charts/episodic_length")]
-    assert "charts/episodic_return" in compared and any(tag.startswith("losses/") for tag in compared), "the run must learn and finish a game"
+    compared = [
+        tag
+        for tag in scalars["on"]
+        if tag.startswith("losses/") or tag in ("charts/episodic_return", "charts/episodic_length")
+    ]
+    assert "charts/episodic_return" in compared and any(tag.startswith("losses/") for tag in compared), (
+        "the run must learn and finish a game"
+    )
     for tag in compared:
         assert scalars["on"][tag] == scalars["off"][tag], tag
     return scalars
@@ -173,12 +194,20 @@ class Background:
 
     def __init__(self, script: str, *args: str, cwd: Path, max_file_size: Optional[int] = None):
         self.started = time.time()
-        self.process = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, env=SCRIPT_ENV, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        preexec_fn=file_size_limit(max_file_size))
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / script), *args],
+            cwd=cwd,
+            env=SCRIPT_ENV,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=file_size_limit(max_file_size),
+        )
         self.out, self.err = [], []
-        self.readers = [threading.Thread(target=lambda pipe=pipe, lines=lines: lines.extend(pipe), daemon=True)
-                        for pipe, lines in ((self.process.stdout, self.out), (self.process.stderr, self.err))]
+        self.readers = [
+            threading.Thread(target=lambda pipe=pipe, lines=lines: lines.extend(pipe), daemon=True)
+            for pipe, lines in ((self.process.stdout, self.out), (self.process.stderr, self.err))
+        ]
         for reader in self.readers:
             reader.start()
 
@@ -186,7 +215,9 @@ class Background:
         """Until `ready()` holds; the script must still be running."""
         deadline = time.time() + timeout
         while not ready():
-            assert self.process.poll() is None, f"the script ended early:\n{''.join(self.out)[-3000:]}\n{''.join(self.err)[-3000:]}"
+            assert self.process.poll() is None, (
+                f"the script ended early:\n{''.join(self.out)[-3000:]}\n{''.join(self.err)[-3000:]}"
+            )
             assert time.time() < deadline, "timed out"
             time.sleep(0.05)
 
@@ -197,8 +228,16 @@ class Background:
         return subprocess.CompletedProcess(self.process.args, returncode, "".join(self.out), "".join(self.err))
 
 
-def interrupt(script: str, *args: str, cwd: Path, signals=(signal.SIGTERM,), ready=None, delay: float = 0.0,
-              between: float = 0.3, max_file_size: Optional[int] = None) -> subprocess.CompletedProcess:
+def interrupt(
+    script: str,
+    *args: str,
+    cwd: Path,
+    signals=(signal.SIGTERM,),
+    ready=None,
+    delay: float = 0.0,
+    between: float = 0.3,
+    max_file_size: Optional[int] = None,
+) -> subprocess.CompletedProcess:
     """Run the script, send `signals` (`between` seconds apart) once `ready()` holds (default: its first progress line, the
     end of its first iteration) and `delay` seconds more; return what it did."""
     run = Background(script, *args, cwd=cwd, max_file_size=max_file_size)
@@ -215,7 +254,9 @@ def interrupted_line(result: subprocess.CompletedProcess, signum: int) -> int:
     assert result.returncode == 128 + signum, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr
     last = result.stdout.strip().splitlines()[-1]
-    match = re.fullmatch(rf"interrupted at step (\d+): checkpoint written to runs/{RESUMED}/checkpoint.pt; run the same command to resume", last)
+    match = re.fullmatch(
+        rf"interrupted at step (\d+): checkpoint written to runs/{RESUMED}/checkpoint.pt; run the same command to resume", last
+    )
     assert match, last
     return int(match.group(1))
 
@@ -225,7 +266,8 @@ def snapshot(folder: Path) -> dict:
 
 
 def run_fails_leaving(script: str, *args: str, cwd: Path, run_dir: Path) -> str:
-    """Run a script that must stop with one clear line and a non-zero exit, leaving `run_dir` exactly as it was; return the line."""
+    """Run a script that must stop with one clear line and a non-zero exit, leaving `run_dir` exactly as it was; return the
+    line."""
     before = snapshot(run_dir)
     line = one_line_failure(run_script(script, *args, cwd=cwd))
     assert snapshot(run_dir) == before, "the run must be left as it was"
@@ -268,8 +310,12 @@ def assert_interrupted_run_resumes(script: str, args: list, workdir: Path, ready
     assert "does not fit the network" in run_fails_leaving(script, *args, cwd=workdir, run_dir=run_dir)
     shutil.copy(workdir / "checkpoint.pt", checkpoint_file)
     other = "dqn_atari_hadamard.py" if script != "dqn_atari_hadamard.py" else "ppo_atari_hadamard.py"
-    assert f"holds a {checkpoint['algorithm']} run" in run_fails_leaving(other, "--run-name", RESUMED, cwd=workdir, run_dir=run_dir)
-    assert "--hadamard False (this command: True)" in run_fails_leaving(script, *args, "--hadamard", cwd=workdir, run_dir=run_dir)
+    assert f"holds a {checkpoint['algorithm']} run" in run_fails_leaving(
+        other, "--run-name", RESUMED, cwd=workdir, run_dir=run_dir
+    )
+    assert "--hadamard False (this command: True)" in run_fails_leaving(
+        script, *args, "--hadamard", cwd=workdir, run_dir=run_dir
+    )
 
     result = run_script(script, *args, "--keep-checkpoint", cwd=workdir)  # (a finished run's checkpoint goes by default)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -279,15 +325,34 @@ def assert_interrupted_run_resumes(script: str, args: list, workdir: Path, ready
     scalars = read_scalars(run_dir)
     assert_steps_increase(scalars)
     assert "finished run" in run_fails_leaving(script, *args, cwd=workdir, run_dir=run_dir)
-    evaluated = run_script(script, "--eval-model", str(checkpoint_file), "--eval-episodes", "1", cwd=workdir)  # a checkpoint is a model file too
+    evaluated = run_script(
+        script, "--eval-model", str(checkpoint_file), "--eval-episodes", "1", cwd=workdir
+    )  # a checkpoint is a model file too
     assert evaluated.returncode == 0 and "evaluation: mean return" in evaluated.stdout, evaluated.stderr[-3000:]
     return checkpoint, scalars, run_dir
 
 
 # the rollout runs of PPO and PQN that their SIGTERM-and-resume tests use: 32 iterations of 2 envs x 32 steps, one epoch of
 # two minibatches, the probe every 512 steps; --save-model writes the finished training's checkpoint before its evaluation
-ROLLOUT_RESUME_ARGS = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "2048", "--num-minibatches", "2", "--update-epochs",
-                       "1", "--metrics-interval", "512", "--metrics-batch-size", "32", "--save-model", "--eval-episodes", "1"]
+ROLLOUT_RESUME_ARGS = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "32",
+    "--total-timesteps",
+    "2048",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "1",
+    "--metrics-interval",
+    "512",
+    "--metrics-batch-size",
+    "32",
+    "--save-model",
+    "--eval-episodes",
+    "1",
+]
 
 
 def assert_rollout_run_resumed_as_one(scalars: dict, run_dir: Path, learning_rate: float):
@@ -298,8 +363,11 @@ def assert_rollout_run_resumed_as_one(scalars: dict, run_dir: Path, learning_rat
 
     batch, iterations = 64, 32
     assert [step for step, _ in scalars["charts/SPS"]] == list(range(batch, batch * iterations + 1, batch))
-    np.testing.assert_allclose([lr for _, lr in scalars["charts/learning_rate"]],
-                               [learning_rate * (1 - i / iterations) for i in range(iterations)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [lr for _, lr in scalars["charts/learning_rate"]],
+        [learning_rate * (1 - i / iterations) for i in range(iterations)],
+        rtol=1e-6,
+    )
     final = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert final["global_step"] == batch * iterations and final["iteration"] == iterations
     assert {int(state["step"]) for state in final["optimizer"]["state"].values()} == {iterations * 2}

@@ -26,14 +26,18 @@ BAD_FLAGS = [
     (ROLLOUT, ["--num-iterations", "3"], "Unrecognized options: --num-iterations, 3"),
     ([PPO], ["--hadamrd"], "Unrecognized options: --hadamrd (did you mean --hadamard?)"),
     ([DQN], ["--buffer-size", "16"], "--buffer-size 16 is less than one --batch-size of 32"),
-    ([DQN], ["--total-timesteps", "1000", "--learning-starts", "1000"],
-     "--learning-starts 1000 is not below --total-timesteps 1000: the run would never learn"),
+    (
+        [DQN],
+        ["--total-timesteps", "1000", "--learning-starts", "1000"],
+        "--learning-starts 1000 is not below --total-timesteps 1000: the run would never learn",
+    ),
     ([DQN, PQN], ["--start-e", "0.01", "--end-e", "0.5"], "--start-e 0.01 is below --end-e 0.5"),
 ]
 
 
-@pytest.mark.parametrize("script, flags, message", [(s, flags, message) for scripts, flags, message in BAD_FLAGS
-                                                    for s in scripts])
+@pytest.mark.parametrize(
+    "script, flags, message", [(s, flags, message) for scripts, flags, message in BAD_FLAGS for s in scripts]
+)
 def test_bad_flags_are_one_line_errors(workdir, script, flags, message):
     line = run_fails(script, *flags, cwd=workdir)
     assert line.startswith("error: ") and message in line, line
@@ -80,8 +84,10 @@ def test_eval_model_with_network_flags_other_than_the_models(workdir, script):
     saved = module.Args(activation="relu", hadamard=True)
     network = (module.Agent if script == PPO else module.QNetwork)(4, "relu", True)
     torch.save(module.model_state(saved, network, 4), workdir / "model.pt")
-    cases = [(["--activation", "gelu"], "trained with --activation relu, not gelu; leave --activation out"),
-             (["--activation", "relu", "--param-matched"], "trained with --param-matched False, not True")]
+    cases = [
+        (["--activation", "gelu"], "trained with --activation relu, not gelu; leave --activation out"),
+        (["--activation", "relu", "--param-matched"], "trained with --param-matched False, not True"),
+    ]
     if script == PQN:
         cases.append((["--hadamard-scope", "all"], "trained with --hadamard-scope representation, not all"))
     for flags, message in cases:
@@ -102,8 +108,9 @@ CHECK_ARGS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("script, fields, message",
-                         [(s, fields, message) for scripts, fields, message in CHECK_ARGS_CASES for s in scripts])
+@pytest.mark.parametrize(
+    "script, fields, message", [(s, fields, message) for scripts, fields, message in CHECK_ARGS_CASES for s in scripts]
+)
 def test_check_args_rejects(script, fields, message):
     with pytest.raises(SystemExit) as exc:
         MODULES[script].check_args(MODULES[script].Args(**fields))
@@ -139,9 +146,10 @@ def test_env_ids(script):
     assert "did you mean BreakoutNoFrameskip-v4" in exc.value.code, exc.value.code
 
 
-TINY = {PPO: ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "64", "--num-minibatches", "2",
-              "--update-epochs", "1"],
-        DQN: ["--total-timesteps", "50", "--learning-starts", "20", "--buffer-size", "100"]}
+TINY = {
+    PPO: ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "64", "--num-minibatches", "2", "--update-epochs", "1"],
+    DQN: ["--total-timesteps", "50", "--learning-starts", "20", "--buffer-size", "100"],
+}
 TINY[PQN] = TINY[PPO]
 
 

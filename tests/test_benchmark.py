@@ -22,8 +22,23 @@ from test_report import row
 BENCHMARK = ROOT / "benchmark.sh"
 VARIANT_FLAGS = {"relu": ["--activation", "relu"], "tanh": [], "tanh_hr": ["--hadamard"], "tanh_pm": ["--param-matched"]}
 # Tiny PPO settings: two iterations of 2 envs x 32 steps, a probe every iteration.
-TINY_PPO = ["--total-timesteps", "128", "--", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2",
-            "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32"]
+TINY_PPO = [
+    "--total-timesteps",
+    "128",
+    "--",
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "32",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "1",
+    "--metrics-interval",
+    "64",
+    "--metrics-batch-size",
+    "32",
+]
 
 # Stands in for python: records the run of a training script it was asked for and writes what a finished run writes (a
 # config.json of the flags it was given, which leaves out the defaults as an older script's leaves out newer fields;
@@ -46,8 +61,14 @@ mkdir -p "runs/$name" && echo "{$config}" > "runs/$name/config.json" && echo '{}
 
 
 def bench(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(BENCHMARK), *args], cwd=cwd, env={**SCRIPT_ENV, "PYTHON": sys.executable, **env},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(BENCHMARK), *args],
+        cwd=cwd,
+        env={**SCRIPT_ENV, "PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def commands(result: subprocess.CompletedProcess) -> list[str]:
@@ -106,16 +127,26 @@ def test_dry_run_prints_the_paper_comparison_and_runs_nothing(workdir):
         (["Pong"], {}, "unexpected argument 'Pong'"),
         (["--", "--seed", "3"], {}, "use benchmark.sh --seeds"),
         (["--", "--env-id=PongNoFrameskip-v4"], {}, "use benchmark.sh --games"),
-        ([], {"SCRIPT_ARGS": "--hadamard"}, "SCRIPT_ARGS sets --hadamard, which the sweep varies: use benchmark.sh --variants"),
+        (
+            [],
+            {"SCRIPT_ARGS": "--hadamard"},
+            "SCRIPT_ARGS sets --hadamard, which the sweep varies: use benchmark.sh --variants",
+        ),
         ([], {"PPO_ARGS": "--num-envs 4 --run-name mine"}, "PPO_ARGS sets --run-name"),
         (["--games", "Breakout,Foo"], {}, "unknown game 'Foo' (not an ale-py ROM)"),
         (["--games", "Breakot"], {}, "unknown game 'Breakot' (not an ale-py ROM); did you mean Breakout"),
-        (["--games", "pong,Breakout-v4"], {}, "env id 'Breakout-v4' is not one the scripts take: use BreakoutNoFrameskip-v4, "
-                                              "ALE/Breakout-v5 or Breakout-v5"),
+        (
+            ["--games", "pong,Breakout-v4"],
+            {},
+            "env id 'Breakout-v4' is not one the scripts take: use BreakoutNoFrameskip-v4, ALE/Breakout-v5 or Breakout-v5",
+        ),
         (["--mismatched", "keep"], {}, "--mismatched must be skip or redo, got 'keep'"),
         # the scripts' flags, parsed by each script's Args before the sweep starts
-        (["--", "--num-env", "16"], {}, "the flags after -- for ppo_atari_hadamard.py: Unrecognized options: --num-env, 16; "
-                                        "did you mean --num-envs?"),
+        (
+            ["--", "--num-env", "16"],
+            {},
+            "the flags after -- for ppo_atari_hadamard.py: Unrecognized options: --num-env, 16; did you mean --num-envs?",
+        ),
         ([], {"PQN_ARGS": "--num-steps x"}, "PQN_ARGS for pqn_atari_hadamard.py: Error parsing --num-steps"),
     ],
 )
@@ -123,7 +154,10 @@ def test_bad_options_stop_before_anything_runs(workdir, fake_python, args, env, 
     """A typo or a script flag that fights the sweep: one line, exit 2, nothing run and nothing written."""
     result = bench(*args, cwd=workdir, PYTHON=fake_python, **env)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[len('error: '):]}"] and message in result.stderr
+    assert (
+        result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[len('error: ') :]}"]
+        and message in result.stderr
+    )
     assert sorted(path.name for path in workdir.iterdir()) == ["fake_python"], "nothing written"
 
 
@@ -132,18 +166,48 @@ def test_dry_run_estimates_the_duration_from_finished_runs(workdir):
     done = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__9"
     done.mkdir(parents=True)
     (done / "done.json").write_text(json.dumps({"global_step": 1000, "wall_time_s": 10.0}))  # 100 steps per second
-    sweep = ["--dry-run", "--games", "Breakout", "--variants", "tanh", "--seeds", "1,2", "--total-timesteps", "36000", "--jobs", "2"]
+    sweep = [
+        "--dry-run",
+        "--games",
+        "Breakout",
+        "--variants",
+        "tanh",
+        "--seeds",
+        "1,2",
+        "--total-timesteps",
+        "36000",
+        "--jobs",
+        "2",
+    ]
     header = bench("--scripts", "ppo", *sweep, cwd=workdir).stdout.splitlines()[0]
-    assert header.endswith("2 to run (0 of them interrupted: they resume from their checkpoints), 0 running in another sweep (left alone), "
-                           "0 finished (skipped); about 0.2 h of runs in all, 0.1 h at 2 at once (at the median speed of the finished runs here)")
+    assert header.endswith(
+        "2 to run (0 of them interrupted: they resume from their checkpoints), 0 running in another sweep (left alone), "
+        "0 finished (skipped); about 0.2 h of runs in all, 0.1 h at 2 at once (at the median speed of the finished runs here)"
+    )
     header = bench("--scripts", "ppo,dqn", *sweep, cwd=workdir).stdout.splitlines()[0]
     assert header.endswith("duration unknown: no finished run of dqn_atari_hadamard here to time")
 
 
 def test_flags_environment_and_passthrough(workdir):
-    result = bench("--scripts", "ppo", "--variants", "tanh_hr,relu", "--threads", "2", "--total-timesteps", "1000",
-                   "--dry-run", "--", "--num-envs", "4", "--track", cwd=workdir,
-                   GAMES="Pong ALE/Breakout-v5", SEEDS="7", SCRIPT_ARGS="--capture-video")
+    result = bench(
+        "--scripts",
+        "ppo",
+        "--variants",
+        "tanh_hr,relu",
+        "--threads",
+        "2",
+        "--total-timesteps",
+        "1000",
+        "--dry-run",
+        "--",
+        "--num-envs",
+        "4",
+        "--track",
+        cwd=workdir,
+        GAMES="Pong ALE/Breakout-v5",
+        SEEDS="7",
+        SCRIPT_ARGS="--capture-video",
+    )
     lines = commands(result)
     assert len(lines) == 4
     assert {arg(line, "--env-id") for line in lines} == {"PongNoFrameskip-v4", "ALE/Breakout-v5"}
@@ -152,12 +216,28 @@ def test_flags_environment_and_passthrough(workdir):
         assert line.startswith("OMP_NUM_THREADS=2 ") and arg(line, "--seed") == "7"
         assert line.endswith("--total-timesteps 1000 --capture-video --num-envs 4 --track")
     # flags for one script only
-    lines = commands(bench("--scripts", "ppo,pqn", "--games", "Pong", "--seeds", "1", "--variants", "tanh", "--dry-run", cwd=workdir,
-                           PPO_ARGS="--num-steps 8", THREADS="3"))
+    lines = commands(
+        bench(
+            "--scripts",
+            "ppo,pqn",
+            "--games",
+            "Pong",
+            "--seeds",
+            "1",
+            "--variants",
+            "tanh",
+            "--dry-run",
+            cwd=workdir,
+            PPO_ARGS="--num-steps 8",
+            THREADS="3",
+        )
+    )
     assert len(lines) == 2 and all(line.startswith("OMP_NUM_THREADS=3 MKL_NUM_THREADS=3 ") for line in lines)
     assert [line.endswith("--num-steps 8") for line in lines] == [True, False]
     # a flag beats its environment variable
-    lines = commands(bench("--scripts", "ppo", "--games", "MsPacman", "--num-seeds", "2", "--dry-run", cwd=workdir, GAMES="Pong", SEEDS="9"))
+    lines = commands(
+        bench("--scripts", "ppo", "--games", "MsPacman", "--num-seeds", "2", "--dry-run", cwd=workdir, GAMES="Pong", SEEDS="9")
+    )
     assert {arg(line, "--env-id") for line in lines} == {"MsPacmanNoFrameskip-v4"}
     assert sorted({arg(line, "--seed") for line in lines}) == ["1", "2"]
 
@@ -191,8 +271,10 @@ def test_bad_input_is_one_clear_line(workdir, args, message):
 
 
 @pytest.mark.parametrize("mode", [["--dry-run"], [], ["--slurm"], ["--report-only"], ["--seed", "1"]])
-@pytest.mark.parametrize("python, message", [("/missing/python", "python '/missing/python' not found"),
-                                             ("false", "'false' does not run as python 3.9 or newer")])
+@pytest.mark.parametrize(
+    "python, message",
+    [("/missing/python", "python '/missing/python' not found"), ("false", "'false' does not run as python 3.9 or newer")],
+)
 def test_the_sweeps_python_is_checked_first_in_every_mode(workdir, mode, python, message):
     """A PYTHON that is not there or is no python: one line, before a dry run prints its commands or a job is written."""
     result = bench(*mode, cwd=workdir, PYTHON=python)
@@ -210,8 +292,13 @@ def test_games_are_named_as_ale_py_names_them_by_the_sweeps_python(workdir):
     games = "pong,ms_pacman,MSPACMAN,space_invaders,ALE/breakout-v5,Breakout-v5"
     sweep = ["--scripts", "ppo", "--variants", "tanh", "--seeds", "1", "--games", games, "--dry-run"]
     lines = commands(bench(*sweep, cwd=workdir, PATH=f"{bin_dir}:{os.environ['PATH']}"))
-    assert [arg(line, "--env-id") for line in lines] == ["PongNoFrameskip-v4", "MsPacmanNoFrameskip-v4",
-                                                         "SpaceInvadersNoFrameskip-v4", "ALE/Breakout-v5", "Breakout-v5"]
+    assert [arg(line, "--env-id") for line in lines] == [
+        "PongNoFrameskip-v4",
+        "MsPacmanNoFrameskip-v4",
+        "SpaceInvadersNoFrameskip-v4",
+        "ALE/Breakout-v5",
+        "Breakout-v5",
+    ]
     assert arg(lines[3], "--run-name") == "ALE-Breakout-v5__ppo_atari_hadamard__tanh__1"
     assert not (bin_dir / "python3_ran").exists()
 
@@ -229,9 +316,11 @@ def test_a_finished_run_of_another_budget_is_refused_unless_skipped_or_redone(wo
         result = bench(*sweep, *mode, cwd=workdir, PYTHON=fake_python)
         line = one_line_failure(result)
         assert result.returncode == 2 and result.stdout == "", result.stdout
-        assert line.startswith(f"error: 2 runs in runs/ hold other settings than this sweep's, e.g. runs/{names[0]} "
-                               "(--total-timesteps 50000, this sweep: 10000000): run this sweep with their flags, or give "
-                               "--mismatched skip"), line
+        assert line.startswith(
+            f"error: 2 runs in runs/ hold other settings than this sweep's, e.g. runs/{names[0]} "
+            "(--total-timesteps 50000, this sweep: 10000000): run this sweep with their flags, or give "
+            "--mismatched skip"
+        ), line
         assert "--mismatched redo to move them to runs/_replaced/ and run them again" in line
         assert snapshot(runs) == before and len(calls(workdir)) == 2
 
@@ -268,10 +357,14 @@ def test_an_interrupted_run_of_other_settings_is_refused_and_redo_moves_it_aside
     (run_dir / "checkpoint.pt").write_text("left by the interrupted run")
     before = snapshot(workdir / "runs")
     line = one_line_failure(bench(*sweep, "--", "--num-envs", "16", cwd=workdir, PYTHON=fake_python))
-    assert line.startswith(f"error: runs/{name} holds a run with other settings (--num-envs 4, this sweep: 16): run this "
-                           "sweep with its flags, or give --mismatched skip to leave it as it is or --mismatched redo"), line
+    assert line.startswith(
+        f"error: runs/{name} holds a run with other settings (--num-envs 4, this sweep: 16): run this "
+        "sweep with its flags, or give --mismatched skip to leave it as it is or --mismatched redo"
+    ), line
     redo = [*sweep, "--slurm", "--mismatched", "redo"]
-    line = one_line_failure(bench(*redo, "--dry-run", "--", "--num-envs", "16", cwd=workdir, PYTHON=fake_python, PATH=fake_sbatch))
+    line = one_line_failure(
+        bench(*redo, "--dry-run", "--", "--num-envs", "16", cwd=workdir, PYTHON=fake_python, PATH=fake_sbatch)
+    )
     assert "a dry run moves no run aside" in line
     assert snapshot(workdir / "runs") == before and calls(workdir) == [name]
 
@@ -287,15 +380,19 @@ def test_resume_skips_finished_runs_and_resumes_interrupted_ones(workdir, fake_p
     sweep = ["--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1,2", "--jobs", "2"]
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0, result.stderr
-    assert sorted(calls(workdir)) == sorted(f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{v}__{s}" for v in ["tanh", "tanh_hr"] for s in [1, 2])
+    assert sorted(calls(workdir)) == sorted(
+        f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{v}__{s}" for v in ["tanh", "tanh_hr"] for s in [1, 2]
+    )
     assert "OMP_NUM_THREADS=1" in (workdir / "calls.txt").read_text()
     assert "4 of 4 runs finished now" in result.stdout
 
     # the same command again: every run finished, nothing runs
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0 and len(calls(workdir)) == 4, result.stdout
-    assert ("0 to run (0 of them interrupted: they resume from their checkpoints), 0 running in another sweep (left alone), "
-            "4 finished (skipped); nothing to run") in result.stdout
+    assert (
+        "0 to run (0 of them interrupted: they resume from their checkpoints), 0 running in another sweep (left alone), "
+        "4 finished (skipped); nothing to run"
+    ) in result.stdout
 
     # an interrupted run (no done.json) runs again with the same command, in its own folder (the script resumes it from
     # its checkpoint), its log appended to
@@ -305,13 +402,19 @@ def test_resume_skips_finished_runs_and_resumes_interrupted_ones(workdir, fake_p
     log = (interrupted / "train.log").read_text()
     dry = bench(*sweep, "--dry-run", cwd=workdir, PYTHON=fake_python)
     assert commands(dry) and len(commands(dry)) == 1 and interrupted.name in commands(dry)[0]
-    assert dry.stdout.count("# skip (finished):") == 3 and "(1 of them interrupted: they resume from their checkpoints)" in dry.stdout
+    assert (
+        dry.stdout.count("# skip (finished):") == 3
+        and "(1 of them interrupted: they resume from their checkpoints)" in dry.stdout
+    )
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0, result.stderr
     assert calls(workdir)[4:] == [interrupted.name] and f"resume {interrupted.name}" in result.stdout
     assert (interrupted / "done.json").exists() and (interrupted / "checkpoint.pt").exists()
     assert (interrupted / "train.log").read_text().startswith(log)
-    assert [line.split()[3] for line in (interrupted / "train.log").read_text().splitlines() if line.startswith("# ")] == ["start", "resume"]
+    assert [line.split()[3] for line in (interrupted / "train.log").read_text().splitlines() if line.startswith("# ")] == [
+        "start",
+        "resume",
+    ]
 
 
 def test_runs_dir_puts_the_sweep_elsewhere(workdir, fake_python):
@@ -321,13 +424,29 @@ def test_runs_dir_puts_the_sweep_elsewhere(workdir, fake_python):
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (workdir / "sweep1" / "runs").iterdir() if not p.name.startswith(".")) == [
-        "PongNoFrameskip-v4__ppo_atari_hadamard__tanh__1", "PongNoFrameskip-v4__ppo_atari_hadamard__tanh__2"]
+        "PongNoFrameskip-v4__ppo_atari_hadamard__tanh__1",
+        "PongNoFrameskip-v4__ppo_atari_hadamard__tanh__2",
+    ]
     assert (workdir / "sweep1" / "runs" / "PongNoFrameskip-v4__ppo_atari_hadamard__tanh__1" / "train.log").exists()
     assert not (workdir / "runs").exists()
     again = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert "0 to run" in again.stdout and "2 finished (skipped)" in again.stdout
-    job = slurm_job(bench(*sweep[:2], "--scripts", "dqn", "--games", "Pong", "--variants", "tanh", "--seeds", "1", "--slurm",
-                          cwd=workdir, PYTHON=fake_python).stdout).read_text()
+    job = slurm_job(
+        bench(
+            *sweep[:2],
+            "--scripts",
+            "dqn",
+            "--games",
+            "Pong",
+            "--variants",
+            "tanh",
+            "--seeds",
+            "1",
+            "--slurm",
+            cwd=workdir,
+            PYTHON=fake_python,
+        ).stdout
+    ).read_text()
     assert job.rstrip().endswith(f'"$((SLURM_ARRAY_TASK_ID + 1))" {workdir.resolve() / "sweep1" / "runs"}')
 
 
@@ -341,9 +460,13 @@ def test_a_run_going_on_in_another_sweep_is_left_alone(workdir, fake_python):
     (workdir / "runs" / ".locks").mkdir()
     with open(workdir / "runs" / ".locks" / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the other sweep's run task holds it
-        result = bench("--scripts", "ppo", "--games", "Pong", "--variants", "tanh", "--seeds", "1,2", cwd=workdir, PYTHON=fake_python)
+        result = bench(
+            "--scripts", "ppo", "--games", "Pong", "--variants", "tanh", "--seeds", "1,2", cwd=workdir, PYTHON=fake_python
+        )
     assert result.returncode == 0, result.stderr
-    assert "1 running in another sweep (left alone)" in result.stdout and "1 running in another sweep; 0 failed" in result.stdout
+    assert (
+        "1 running in another sweep (left alone)" in result.stdout and "1 running in another sweep; 0 failed" in result.stdout
+    )
     assert calls(workdir) == ["PongNoFrameskip-v4__ppo_atari_hadamard__tanh__2"]
     assert (running / "train.log").read_text() == "still training"
 
@@ -353,7 +476,10 @@ def test_a_failed_run_is_reported_and_retried(workdir, fake_python):
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python, FAKE_FAIL="1")
     assert result.returncode != 0
     log = workdir / "runs" / "PongNoFrameskip-v4__ppo_atari_hadamard__relu__1" / "train.log"
-    assert "FAILED PongNoFrameskip-v4__ppo_atari_hadamard__relu__1" in result.stderr and str(log.relative_to(workdir)) in result.stderr
+    assert (
+        "FAILED PongNoFrameskip-v4__ppo_atari_hadamard__relu__1" in result.stderr
+        and str(log.relative_to(workdir)) in result.stderr
+    )
     assert "error: boom" in log.read_text() and "1 failed" in result.stdout
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0 and (log.parent / "done.json").exists()
@@ -375,8 +501,31 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
     """Two real PPO runs at once: SIGTERM, then SIGINT, to benchmark.sh reach the runs, which write their checkpoints and
     stop; the sweep waits for them and exits 143 / 130, leaving no process behind. The same command then resumes both
     from their checkpoints, appending to their logs, and they end at exactly their budget."""
-    sweep = ["--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1", "--jobs", "2", "--total-timesteps",
-             "4096", "--", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "0"]
+    sweep = [
+        "--scripts",
+        "ppo",
+        "--games",
+        "Breakout",
+        "--variants",
+        "tanh,tanh_hr",
+        "--seeds",
+        "1",
+        "--jobs",
+        "2",
+        "--total-timesteps",
+        "4096",
+        "--",
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "32",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--metrics-interval",
+        "0",
+    ]
     names = [f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{variant}__1" for variant in ("tanh", "tanh_hr")]
     logs = [workdir / "runs" / name / "train.log" for name in names]
     steps = []
@@ -384,9 +533,15 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
     for signum in (signal.SIGTERM, signal.SIGINT):
         before = [progress(log) for log in logs]
         # SIGINT at its default, as from a terminal: a shell that starts with it ignored (a background job) cannot trap it
-        sweep_process = subprocess.Popen(["bash", str(BENCHMARK), *sweep], cwd=workdir, env={**SCRIPT_ENV, "PYTHON": sys.executable},
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        sweep_process = subprocess.Popen(
+            ["bash", str(BENCHMARK), *sweep],
+            cwd=workdir,
+            env={**SCRIPT_ENV, "PYTHON": sys.executable},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.time() + 300
         while not all(progress(log) > count for log, count in zip(logs, before)):  # each run has done an iteration
             assert sweep_process.poll() is None and time.time() < deadline, sweep_process.communicate()
@@ -394,7 +549,10 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
         sweep_process.send_signal(signum)
         stdout, stderr = sweep_process.communicate(timeout=300)
         assert sweep_process.returncode == 128 + signum, stdout + stderr
-        assert "stopping the runs; each writes its checkpoint" in stderr and "2 unfinished (run the same command to resume" in stdout
+        assert (
+            "stopping the runs; each writes its checkpoint" in stderr
+            and "2 unfinished (run the same command to resume" in stdout
+        )
         assert processes_in(workdir) == [], "no run or run task outlives the sweep"
         for name, log in zip(names, logs):
             step = int(re.findall(r"interrupted at step (\d+): checkpoint written", log.read_text())[-1])
@@ -417,9 +575,29 @@ def slurm_job(stdout: str) -> Path:
 def test_slurm_writes_an_array_job_from_the_template(workdir, fake_python):
     """The job script from the template (written, not submitted: where sbatch is absent, or with --dry-run), and an array
     task run from it as Slurm starts one. tests/test_slurm.py submits to a real Slurm."""
-    sweep = ["--slurm", "--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1,2",
-             "--slurm-time", "2:00:00", "--slurm-cpus", "3", "--slurm-grace", "120", "--sbatch-args", "--partition=gpu --gres=gpu:1",
-             *(["--dry-run"] if shutil.which("sbatch") else []), "--", "--num-envs", "4"]
+    sweep = [
+        "--slurm",
+        "--scripts",
+        "ppo",
+        "--games",
+        "Breakout",
+        "--variants",
+        "tanh,tanh_hr",
+        "--seeds",
+        "1,2",
+        "--slurm-time",
+        "2:00:00",
+        "--slurm-cpus",
+        "3",
+        "--slurm-grace",
+        "120",
+        "--sbatch-args",
+        "--partition=gpu --gres=gpu:1",
+        *(["--dry-run"] if shutil.which("sbatch") else []),
+        "--",
+        "--num-envs",
+        "4",
+    ]
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0, result.stderr
     assert ("dry run: not submitted" if shutil.which("sbatch") else "sbatch not found") in result.stdout
@@ -427,8 +605,17 @@ def test_slurm_writes_an_array_job_from_the_template(workdir, fake_python):
     assert job.is_file() and job.parent.parent == workdir / "runs" / "_slurm"
     text = job.read_text()
     assert not re.search(r"\{\{[A-Z_]+\}\}", text) and text.startswith("#!/bin/bash")
-    for line in ["#SBATCH --array=0-3", "#SBATCH --time=2:00:00", "#SBATCH --cpus-per-task=3", "#SBATCH --partition=gpu",
-                 "#SBATCH --gres=gpu:1", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120", "#SBATCH --open-mode=append", f"cd {workdir}"]:
+    for line in [
+        "#SBATCH --array=0-3",
+        "#SBATCH --time=2:00:00",
+        "#SBATCH --cpus-per-task=3",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@120",
+        "#SBATCH --open-mode=append",
+        f"cd {workdir}",
+    ]:
         assert line in text.splitlines(), line
     tasks = (job.parent / "tasks.tsv").read_text().splitlines()
     assert len(tasks) == 4 and all(task.endswith("--num-envs 4") for task in tasks)
@@ -453,7 +640,9 @@ def fake_sbatch(workdir: Path) -> str:
     """A PATH whose sbatch writes what it was given to bin/submitted and says it submitted job 42."""
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text('#!/usr/bin/env bash\necho "$@" > "$(dirname "$0")/submitted"\necho "Submitted batch job 42"\n')
+    (bin_dir / "sbatch").write_text(
+        '#!/usr/bin/env bash\necho "$@" > "$(dirname "$0")/submitted"\necho "Submitted batch job 42"\n'
+    )
     (bin_dir / "sbatch").chmod(0o755)
     return f"{bin_dir}:{os.environ['PATH']}"
 
@@ -477,7 +666,12 @@ def test_quick_profile_end_to_end_with_report(workdir):
     for run_dir in run_dirs:
         config = json.loads((run_dir / "config.json").read_text())
         env_id, stem, variant, seed = run_dir.name.split("__")
-        assert (config["variant"], config["env_id"], str(config["seed"]), config["total_timesteps"]) == (variant, env_id, seed, 128)
+        assert (config["variant"], config["env_id"], str(config["seed"]), config["total_timesteps"]) == (
+            variant,
+            env_id,
+            seed,
+            128,
+        )
         assert (run_dir / "done.json").exists() and (run_dir / "train.log").exists()
         assert any(run_dir.glob("events.out.tfevents.*"))
 
@@ -494,18 +688,30 @@ def test_quick_profile_end_to_end_with_report(workdir):
     assert commands(again) == [] and again.stdout.count("# skip (finished):") == 8
     # the quick profile's own budget does not take these runs for its own
     line = one_line_failure(bench("--quick", "--dry-run", cwd=workdir))
-    assert line.startswith("error: 8 runs in runs/ hold other settings than this sweep's, e.g. runs/BreakoutNoFrameskip-v4__"
-                           "ppo_atari_hadamard__relu__1 (--total-timesteps 128, this sweep: 50000; --metrics-interval 64, "
-                           "this sweep: 5000; --metrics-batch-size 32, this sweep: 1024; and 4 more): "), line
+    assert line.startswith(
+        "error: 8 runs in runs/ hold other settings than this sweep's, e.g. runs/BreakoutNoFrameskip-v4__"
+        "ppo_atari_hadamard__relu__1 (--total-timesteps 128, this sweep: 50000; --metrics-interval 64, "
+        "this sweep: 5000; --metrics-batch-size 32, this sweep: 1024; and 4 more): "
+    ), line
 
 
 # ------------------------------------------------------------------------------------------------------------
 # the three scripts, side by side
-ALGORITHM_SPECIFIC_HELP = {"activation", "hadamard", "anneal_lr", "batch_size", "compile", "end_e", "metrics_batch_size", "update_epochs"}
+ALGORITHM_SPECIFIC_HELP = {
+    "activation",
+    "hadamard",
+    "anneal_lr",
+    "batch_size",
+    "compile",
+    "end_e",
+    "metrics_batch_size",
+    "update_epochs",
+}
 
 
 def test_shared_flags_have_the_same_help_in_every_script():
-    """A flag the scripts share reads the same in each `--help` (its Args docstring), unless what it does differs by algorithm."""
+    """A flag the scripts share reads the same in each `--help` (its Args docstring), unless what it does differs by
+    algorithm."""
     docs = {}
     for script in ("ppo_atari_hadamard.py", "dqn_atari_hadamard.py", "pqn_atari_hadamard.py"):
         source = (ROOT / script).read_text()

@@ -1,5 +1,5 @@
-"""Tests of common_metrics.py against their definitions (README, "Representation metrics"): worked values, hand-computed cases, exact
-threshold boundaries, properties (hypothesis), bad input, and the forward-hook probe."""
+"""Tests of common_metrics.py against their definitions (README, "Representation metrics"): worked values, hand-computed
+cases, exact threshold boundaries, properties (hypothesis), bad input, and the forward-hook probe."""
 
 import math
 
@@ -153,7 +153,8 @@ def test_dead_fraction_conv_is_per_channel():
         # tanh, h = tanh(za) * tanh(zb); dh/dza = tanh'(za) tanh(zb), dh/dzb = tanh(za) tanh'(zb)
         (
             "tanh",
-            # both saturated | a saturated, b passes gradient | saddle 0*0 | alive on state 2 | saturated opposite | b saturated, a passes
+            # both saturated | a saturated, b passes gradient | saddle 0*0 | alive on state 2 | saturated opposite |
+            # b saturated, a passes
             ([10, 10], [10, 10], [0, 0], [10, 1], [10, 10], [0, 0]),
             ([10, 10], [0, 0], [0, 0], [10, 1], [-10, -10], [10, 10]),
             3 / 6,
@@ -175,7 +176,8 @@ def test_dead_fraction_hadamard(activation, za, zb, expected):
 
 
 @pytest.mark.parametrize(
-    "activation, z, derivative", [("relu", 1.0, 1.0), ("relu", -1.0, 0.0), ("tanh", 0.0, 1.0), ("sigmoid", 0.0, 0.25), ("gelu", 0.0, 0.5)]
+    "activation, z, derivative",
+    [("relu", 1.0, 1.0), ("relu", -1.0, 0.0), ("tanh", 0.0, 1.0), ("sigmoid", 0.0, 0.25), ("gelu", 0.0, 0.5)],
 )
 def test_dead_fraction_threshold_is_strict(activation, z, derivative):
     """A derivative exactly eps_grad still passes gradient; one just above eps_grad does not."""
@@ -267,7 +269,9 @@ def test_ranks_unchanged_by_positive_scaling(m, power, c):
     x = torch.from_numpy(m)
     # a power of two scales the SVD exactly, so the integer srank cannot flip on a rounding boundary
     assert cm.srank(x * 2.0**power) == cm.srank(x)
-    assert (cm.effective_rank(x * c), cm.stable_rank(x * c)) == pytest.approx((cm.effective_rank(x), cm.stable_rank(x)), rel=1e-9, abs=1e-12)
+    assert (cm.effective_rank(x * c), cm.stable_rank(x * c)) == pytest.approx(
+        (cm.effective_rank(x), cm.stable_rank(x)), rel=1e-9, abs=1e-12
+    )
 
 
 @PROPERTY_SETTINGS

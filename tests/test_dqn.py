@@ -13,13 +13,42 @@ import torch
 
 import common_metrics
 import dqn_atari_hadamard as dqn
-from conftest import (RESUMED, ROOT, assert_bad_model_files_rejected, assert_fire_on_life_loss, assert_interrupted_run_resumes,
-                      assert_metrics_do_not_change_the_run, assert_progress_and_outputs, assert_same_state, interrupt, interrupted_line,
-                      read_config, read_scalars, run_fails, run_ok, run_ok_output, run_script)
+from conftest import (
+    RESUMED,
+    ROOT,
+    assert_bad_model_files_rejected,
+    assert_fire_on_life_loss,
+    assert_interrupted_run_resumes,
+    assert_metrics_do_not_change_the_run,
+    assert_progress_and_outputs,
+    assert_same_state,
+    interrupt,
+    interrupted_line,
+    read_config,
+    read_scalars,
+    run_fails,
+    run_ok,
+    run_ok_output,
+    run_script,
+)
 
 SCRIPT = "dqn_atari_hadamard.py"
-TINY = ["--total-timesteps", "300", "--learning-starts", "100", "--buffer-size", "500", "--train-frequency", "4",
-        "--target-network-frequency", "50", "--metrics-interval", "100", "--metrics-batch-size", "32"]
+TINY = [
+    "--total-timesteps",
+    "300",
+    "--learning-starts",
+    "100",
+    "--buffer-size",
+    "500",
+    "--train-frequency",
+    "4",
+    "--target-network-frequency",
+    "50",
+    "--metrics-interval",
+    "100",
+    "--metrics-batch-size",
+    "32",
+]
 
 
 # ----------------------------------------------------------------------------- replay buffer on a real env run
@@ -135,7 +164,9 @@ def test_replay_buffer_returns_exactly_the_collected_transitions(num_envs):
     written, transition, episode_start, events = collect(num_envs, 700 // num_envs, 11 + num_envs, buffers)
     assert events["life_loss"] > 0 and events["forced"] > 0 and events["game_over"] > 0 and events["truncation"] > 0, events
     counts = [check_buffer(rb, written, transition, episode_start) for rb in buffers]
-    assert counts[0] == sum(t is not None for e in range(num_envs) for t in transition[e]), "a buffer that never wrapped holds them all"
+    assert counts[0] == sum(t is not None for e in range(num_envs) for t in transition[e]), (
+        "a buffer that never wrapped holds them all"
+    )
     assert all(count > 0 for count in counts)
 
 
@@ -189,8 +220,24 @@ def test_replay_buffer_samples_the_same_after_a_save_load_round_trip(tmp_path):
 def test_a_checkpoint_writes_the_replay_buffer_without_a_second_copy(tmp_path):
     """benchmarks/bench_checkpoint.py on DQN with a 40k-transition buffer (283 MB, every frame written): while the checkpoint
     is written the peak resident memory grows by under a tenth of the buffer, and the figures are those of a real write."""
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_checkpoint.py"), "--scripts", "dqn", "--buffer-size", "40000",
-                             "--repeats", "1", "--json", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_checkpoint.py"),
+            "--scripts",
+            "dqn",
+            "--buffer-size",
+            "40000",
+            "--repeats",
+            "1",
+            "--json",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(result.stdout)
     assert [row["variant"] for row in rows] == ["tanh", "tanh_hr"]
@@ -293,7 +340,9 @@ def test_hadamard_representation_has_two_branches_ending_in_the_activation():
     net = dqn.QNetwork(6, "sigmoid", hadamard=True)
     layers = net.hidden_layers()
     assert common_metrics.is_hadamard(layers["fc"])
-    assert isinstance(net.representation.branch_a[-1], torch.nn.Sigmoid) and isinstance(net.representation.branch_b[-1], torch.nn.Sigmoid)
+    assert isinstance(net.representation.branch_a[-1], torch.nn.Sigmoid) and isinstance(
+        net.representation.branch_b[-1], torch.nn.Sigmoid
+    )
     x = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
     assert net(x).shape == (3, 6)
 
@@ -320,10 +369,16 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
     scalars = read_scalars(run_dir)
     config = read_config(run_dir)
     assert config["variant"] == variant and config["algorithm"] == "dqn"
-    assert config["num_parameters"] > 0 and config["representation_width"] == (512 if "_pm" not in variant else dqn.representation_width(False, True, 4))
+    assert config["num_parameters"] > 0 and config["representation_width"] == (
+        512 if "_pm" not in variant else dqn.representation_width(False, True, 4)
+    )
     assert (run_dir / "done.json").exists()
     representation_tags = expected_representation_tags(config["activation"], config["hadamard"])
-    assert {"representation/srank", "representation/dead_fraction", "representation/conv1/dormant_fraction"} <= representation_tags
+    assert {
+        "representation/srank",
+        "representation/dead_fraction",
+        "representation/conv1/dormant_fraction",
+    } <= representation_tags
     for tag in representation_tags | {"charts/SPS", "losses/td_loss", "losses/q_values", "charts/epsilon"}:
         assert tag in scalars, f"{tag} not logged"
         assert all(math.isfinite(value) for _, value in scalars[tag]), tag
@@ -356,13 +411,29 @@ def test_save_load_evaluate_round_trip(workdir):
 
 def test_metrics_do_not_change_the_run(workdir):
     """A probe of 32 recent states every 50 steps vs none: the same losses and games (the probe draws nothing)."""
-    args = ["--total-timesteps", "600", "--learning-starts", "100", "--buffer-size", "1000", "--target-network-frequency", "50", "--seed", "7"]
+    args = [
+        "--total-timesteps",
+        "600",
+        "--learning-starts",
+        "100",
+        "--buffer-size",
+        "1000",
+        "--target-network-frequency",
+        "50",
+        "--seed",
+        "7",
+    ]
     assert_metrics_do_not_change_the_run(SCRIPT, args, ["--metrics-interval", "50", "--metrics-batch-size", "32"], workdir)
 
 
 def test_bad_model_files_are_one_line_errors(workdir):
-    misfit = {"algorithm": "dqn", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
-              "param_matched": False}, "num_actions": 4, "representation_width": 512, "state_dict": dqn.QNetwork(4, width=64).state_dict()}
+    misfit = {
+        "algorithm": "dqn",
+        "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False, "param_matched": False},
+        "num_actions": 4,
+        "representation_width": 512,
+        "state_dict": dqn.QNetwork(4, width=64).state_dict(),
+    }
     assert_bad_model_files_rejected(SCRIPT, "dqn", misfit, workdir)
 
 
@@ -383,14 +454,28 @@ def test_bad_flags_are_one_line_errors(workdir, flags, message):
 
 
 def test_tracking_writes_an_offline_wandb_run(workdir):
-    result = run_script(SCRIPT, "--total-timesteps", "50", "--learning-starts", "20", "--buffer-size", "100", "--track", cwd=workdir)
+    result = run_script(
+        SCRIPT, "--total-timesteps", "50", "--learning-starts", "20", "--buffer-size", "100", "--track", cwd=workdir
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = next((workdir / "runs").iterdir())
     assert list(run_dir.glob("wandb/offline-run-*")), "no offline W&B run written"
 
 
-RESUME_ARGS = ["--total-timesteps", "1500", "--learning-starts", "300", "--buffer-size", "1000", "--metrics-interval", "500",
-               "--metrics-batch-size", "32", "--checkpoint-interval", "600"]
+RESUME_ARGS = [
+    "--total-timesteps",
+    "1500",
+    "--learning-starts",
+    "300",
+    "--buffer-size",
+    "1000",
+    "--metrics-interval",
+    "500",
+    "--metrics-batch-size",
+    "32",
+    "--checkpoint-interval",
+    "600",
+]
 
 
 def test_sigterm_then_the_same_command_resumes_the_run(workdir):
@@ -399,17 +484,25 @@ def test_sigterm_then_the_same_command_resumes_the_run(workdir):
     one run, the optimizer's step count that of an uninterrupted run, the checkpoint (networks, optimizer, replay buffer,
     generators) restored exactly."""
     args = [*RESUME_ARGS, "--save-model", "--eval-episodes", "1"]
-    checkpoint, scalars, run_dir = assert_interrupted_run_resumes(SCRIPT, args, workdir, ready=lambda run: (run / "checkpoint.pt").exists())
+    checkpoint, scalars, run_dir = assert_interrupted_run_resumes(
+        SCRIPT, args, workdir, ready=lambda run: (run / "checkpoint.pt").exists()
+    )
     assert checkpoint["global_step"] > 600 and "replay_buffer" in checkpoint
     steps = [step for step, _ in scalars["losses/td_loss"]]
     assert steps == list(range(400, 1500, 100)), steps
-    np.testing.assert_allclose([e for _, e in scalars["charts/epsilon"]], [dqn.linear_schedule(1, 0.01, 0.1 * 1500, s) for s in steps], rtol=1e-6)
-    final = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # the finished training's (no buffer), before its evaluation
+    np.testing.assert_allclose(
+        [e for _, e in scalars["charts/epsilon"]], [dqn.linear_schedule(1, 0.01, 0.1 * 1500, s) for s in steps], rtol=1e-6
+    )
+    final = torch.load(
+        run_dir / "checkpoint.pt", weights_only=True
+    )  # the finished training's (no buffer), before its evaluation
     assert final["global_step"] == 1500 and "replay_buffer" not in final
     assert {int(state["step"]) for state in final["optimizer"]["state"].values()} == {dqn.steps_due(0, 1500, 4, 300)}
 
     # what the resumed run restores is what the checkpoint holds
-    q_network, target_network = (dqn.QNetwork(checkpoint["num_actions"], width=checkpoint["representation_width"]) for _ in range(2))
+    q_network, target_network = (
+        dqn.QNetwork(checkpoint["num_actions"], width=checkpoint["representation_width"]) for _ in range(2)
+    )
     optimizer = dqn.make_optimizer(q_network.parameters(), 1e-4)
     rb, rng = dqn.FrameReplayBuffer(1000, 1, seed=99), np.random.default_rng(99)
     assert dqn.restore(checkpoint, q_network, target_network, optimizer, rb, rng)
@@ -417,17 +510,20 @@ def test_sigterm_then_the_same_command_resumes_the_run(workdir):
     assert_same_state(target_network.state_dict(), checkpoint["target_state_dict"])
     assert_same_state(optimizer.state_dict(), checkpoint["optimizer"])
     assert_same_state(rb.state_dict(), checkpoint["replay_buffer"])
-    assert_same_state((rb.rng.bit_generator.state, rng.bit_generator.state), (checkpoint["replay_rng"], checkpoint["exploration_rng"]))
+    assert_same_state(
+        (rb.rng.bit_generator.state, rng.bit_generator.state), (checkpoint["replay_rng"], checkpoint["exploration_rng"])
+    )
     assert_same_state(dqn.rng_states(), checkpoint["rng"])
-
 
 
 def test_a_checkpoint_without_the_buffer_refills_it_before_training(workdir):
     """--no-checkpoint-buffer: the checkpoint holds no replay buffer; the resumed run refills it for --learning-starts steps
     before it trains (and logs losses) again."""
     args = [*RESUME_ARGS, "--no-checkpoint-buffer", "--run-name", RESUMED]
-    step = interrupted_line(interrupt(SCRIPT, *args, cwd=workdir, ready=lambda: (workdir / "runs" / RESUMED / "checkpoint.pt").exists()),
-                            signal.SIGTERM)
+    step = interrupted_line(
+        interrupt(SCRIPT, *args, cwd=workdir, ready=lambda: (workdir / "runs" / RESUMED / "checkpoint.pt").exists()),
+        signal.SIGTERM,
+    )
     assert "replay_buffer" not in torch.load(workdir / "runs" / RESUMED / "checkpoint.pt", weights_only=True)
     resumed = run_script(SCRIPT, *args, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

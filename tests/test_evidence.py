@@ -23,8 +23,13 @@ def finished_runs() -> list[str]:
 def test_the_evidence_sweep_runs_the_comparison_seed_by_seed():
     """PQN's four variants at purejaxql's preset for seeds 1, 2, 3, then PPO's and DQN's tanh and tanh + HR for seeds 1, 2:
     1M steps each, a checkpoint every 100k steps, in that order; finished runs are skipped, not run again."""
-    result = subprocess.run(["bash", str(EVIDENCE / "sweep.sh")], env={**SCRIPT_ENV, "DRY_RUN": "1", "PYTHON": sys.executable},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", str(EVIDENCE / "sweep.sh")],
+        env={**SCRIPT_ENV, "DRY_RUN": "1", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     order, commands = [], {}
     for line in result.stdout.splitlines():
@@ -34,10 +39,17 @@ def test_the_evidence_sweep_runs_the_comparison_seed_by_seed():
             name = re.search(r"--run-name (\S+)", line).group(1)
             order.append(name)
             commands[name] = line
-    expected = [f"BreakoutNoFrameskip-v4__pqn_atari_hadamard__{variant}__{seed}" for seed in (1, 2, 3)
-                for variant in ("tanh", "tanh_hr", "relu", "tanh_pm")]
-    expected += [f"BreakoutNoFrameskip-v4__{script}_atari_hadamard__{variant}__{seed}" for seed in (1, 2)
-                 for script in ("ppo", "dqn") for variant in ("tanh", "tanh_hr")]
+    expected = [
+        f"BreakoutNoFrameskip-v4__pqn_atari_hadamard__{variant}__{seed}"
+        for seed in (1, 2, 3)
+        for variant in ("tanh", "tanh_hr", "relu", "tanh_pm")
+    ]
+    expected += [
+        f"BreakoutNoFrameskip-v4__{script}_atari_hadamard__{variant}__{seed}"
+        for seed in (1, 2)
+        for script in ("ppo", "dqn")
+        for variant in ("tanh", "tanh_hr")
+    ]
     assert order == expected
     assert not set(commands) & set(finished_runs())  # a finished run is never run again
     for name, command in commands.items():
@@ -53,8 +65,12 @@ def test_the_committed_report_is_the_one_the_committed_runs_give(tmp_path, monke
     monkeypatch.chdir(ROOT)
     plot_results.main(["--runs-dir", "evidence/runs", "--out", str(tmp_path)])
     tables = sorted(path.name for path in committed.iterdir() if path.suffix in (".md", ".csv"))
-    assert "results.md" in tables and sorted(path.name for path in tmp_path.iterdir() if path.suffix in (".md", ".csv")) == tables
+    assert (
+        "results.md" in tables and sorted(path.name for path in tmp_path.iterdir() if path.suffix in (".md", ".csv")) == tables
+    )
     for name in tables:
-        assert (tmp_path / name).read_text() == (committed / name).read_text(), f"evidence/report/{name} is not what the runs give"
+        assert (tmp_path / name).read_text() == (committed / name).read_text(), (
+            f"evidence/report/{name} is not what the runs give"
+        )
     for figure in sorted(committed.glob("*.png")):
         assert (tmp_path / figure.name).exists(), figure.name

@@ -13,11 +13,44 @@ from conftest import ROOT, RESUMED, Background, interrupt, interrupted_line, rea
 
 # runs long enough to be interrupted after their first iteration, the probe off
 LONG = {
-    "ppo_atari_hadamard.py": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "4096", "--num-minibatches", "2",
-                              "--update-epochs", "1", "--metrics-interval", "0"],
-    "pqn_atari_hadamard.py": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "4096", "--num-minibatches", "2",
-                              "--update-epochs", "1", "--metrics-interval", "0"],
-    "dqn_atari_hadamard.py": ["--total-timesteps", "4000", "--learning-starts", "100", "--buffer-size", "500", "--metrics-interval", "0"],
+    "ppo_atari_hadamard.py": [
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "32",
+        "--total-timesteps",
+        "4096",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--metrics-interval",
+        "0",
+    ],
+    "pqn_atari_hadamard.py": [
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "32",
+        "--total-timesteps",
+        "4096",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--metrics-interval",
+        "0",
+    ],
+    "dqn_atari_hadamard.py": [
+        "--total-timesteps",
+        "4000",
+        "--learning-starts",
+        "100",
+        "--buffer-size",
+        "500",
+        "--metrics-interval",
+        "0",
+    ],
 }
 
 
@@ -33,8 +66,24 @@ def test_a_signal_writes_a_checkpoint_and_one_line(workdir, script, signum):
 @pytest.mark.parametrize("script", ["ppo_atari_hadamard.py", "pqn_atari_hadamard.py"])
 def test_a_second_ctrl_c_exits_at_once(workdir, script):
     """Two Ctrl-C within an iteration of 1,024 steps: the second exits at once, without a checkpoint."""
-    args = ["--num-envs", "4", "--num-steps", "256", "--total-timesteps", "8192", "--num-minibatches", "4", "--update-epochs", "1",
-            "--metrics-interval", "0", "--checkpoint-interval", "0", "--run-name", RESUMED]
+    args = [
+        "--num-envs",
+        "4",
+        "--num-steps",
+        "256",
+        "--total-timesteps",
+        "8192",
+        "--num-minibatches",
+        "4",
+        "--update-epochs",
+        "1",
+        "--metrics-interval",
+        "0",
+        "--checkpoint-interval",
+        "0",
+        "--run-name",
+        RESUMED,
+    ]
     result = interrupt(script, *args, cwd=workdir, signals=(signal.SIGINT, signal.SIGINT), delay=0.5)
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "interrupted again: exiting at once, without a checkpoint"
@@ -60,15 +109,32 @@ def test_a_signal_during_the_evaluation_resumes_at_the_evaluation(workdir):
     """Training is checkpointed before the evaluation after it: SIGTERM there exits at once with one line, and the same
     command evaluates again from that checkpoint, with no trace of the interrupted evaluation in TensorBoard."""
     script = "ppo_atari_hadamard.py"
-    args = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "512", "--num-minibatches", "2", "--update-epochs", "1",
-            "--metrics-interval", "0", "--save-model", "--run-name", RESUMED]
+    args = [
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "32",
+        "--total-timesteps",
+        "512",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--metrics-interval",
+        "0",
+        "--save-model",
+        "--run-name",
+        RESUMED,
+    ]
     run = Background(script, *args, "--eval-episodes", "50", cwd=workdir)
     run.wait_for(lambda: any(line.startswith("model saved to") for line in run.out))
     run.process.send_signal(signal.SIGTERM)
     result = run.finish()
     assert result.returncode == 143 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == (f"interrupted during the evaluation: training is finished, checkpointed to "
-                                                      f"runs/{RESUMED}/checkpoint.pt; run the same command to resume")
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"interrupted during the evaluation: training is finished, checkpointed to "
+        f"runs/{RESUMED}/checkpoint.pt; run the same command to resume"
+    )
     resumed = run_script(script, *args, "--eval-episodes", "1", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step 512 " in resumed.stdout and "evaluation: mean return" in resumed.stdout
@@ -95,11 +161,13 @@ def test_the_checkpoint_code_is_the_same_in_every_script():
     sections = {}
     for script in LONG:
         source = (ROOT / script).read_text()
-        start = source.index("# ----------------------------------------------------------------------------- checkpoints and interrupts")
+        start = source.index(
+            "# ----------------------------------------------------------------------------- checkpoints and interrupts"
+        )
         section = source[start : source.index("\ndef model_state(", start)]
         for name in ("ppo", "pqn", "dqn", "PPO", "PQN", "DQN"):
             section = section.replace(f'"{name}"', "ALGORITHM").replace(name, "ALGORITHM")
-        sections[script] = section.replace(', "checkpoint_buffer"', "").replace("current step", "current iteration")
+        sections[script] = section.replace('    "checkpoint_buffer",\n', "").replace("current step", "current iteration")
     assert len(set(sections.values())) == 1, "the checkpoint code differs between the scripts"
 
 
@@ -116,9 +184,11 @@ def test_a_periodic_checkpoint_that_cannot_be_written_is_a_warning_and_the_previ
     (tmp_path / "checkpoint.pt.tmp").mkdir()
     assert not ppo.save_checkpoint(str(path), {"global_step": 128}, writer, on_signal=False)
     warning = capsys.readouterr().err.strip()
-    assert re.fullmatch(r"warning: cannot write checkpoint .*checkpoint.pt \(RuntimeError: .*Is a directory\): it needs "
-                        r"about 0.0 MiB \(the previous one's size\) next to the previous one, [\d,.]+ MiB free on its disk; "
-                        r"the previous one, if any, stays; training goes on and tries again at the next checkpoint",
-                        warning), warning
+    assert re.fullmatch(
+        r"warning: cannot write checkpoint .*checkpoint.pt \(RuntimeError: .*Is a directory\): it needs "
+        r"about 0.0 MiB \(the previous one's size\) next to the previous one, [\d,.]+ MiB free on its disk; "
+        r"the previous one, if any, stays; training goes on and tries again at the next checkpoint",
+        warning,
+    ), warning
     assert torch.load(path, weights_only=True)["global_step"] == 64
     writer.close()

@@ -11,14 +11,41 @@ import torch
 
 import common_metrics
 import ppo_atari_hadamard as ppo
-from conftest import (ROLLOUT_RESUME_ARGS, ROOT, assert_bad_model_files_rejected, assert_fire_on_life_loss,
-                      assert_interrupted_run_resumes, assert_metrics_do_not_change_the_run, assert_progress_and_outputs,
-                      assert_restores, assert_rollout_run_resumed_as_one, read_config, read_scalars, run_fails, run_ok,
-                      run_ok_output, run_script)
+from conftest import (
+    ROLLOUT_RESUME_ARGS,
+    ROOT,
+    assert_bad_model_files_rejected,
+    assert_fire_on_life_loss,
+    assert_interrupted_run_resumes,
+    assert_metrics_do_not_change_the_run,
+    assert_progress_and_outputs,
+    assert_restores,
+    assert_rollout_run_resumed_as_one,
+    read_config,
+    read_scalars,
+    run_fails,
+    run_ok,
+    run_ok_output,
+    run_script,
+)
 
 SCRIPT = "ppo_atari_hadamard.py"
-TINY = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--num-minibatches", "2",
-        "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32"]
+TINY = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "32",
+    "--total-timesteps",
+    "128",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "1",
+    "--metrics-interval",
+    "64",
+    "--metrics-batch-size",
+    "32",
+]
 
 
 def expected_representation_tags(activation: str, hadamard: bool) -> set[str]:
@@ -40,8 +67,18 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
     assert (run_dir / "done.json").exists()
 
     representation_tags = expected_representation_tags(config["activation"], config["hadamard"])
-    assert {"representation/srank", "representation/dead_fraction", "representation/conv1/dormant_fraction"} <= representation_tags
-    for tag in representation_tags | {"charts/SPS", "losses/value_loss", "losses/policy_loss", "losses/entropy", "charts/learning_rate"}:
+    assert {
+        "representation/srank",
+        "representation/dead_fraction",
+        "representation/conv1/dormant_fraction",
+    } <= representation_tags
+    for tag in representation_tags | {
+        "charts/SPS",
+        "losses/value_loss",
+        "losses/policy_loss",
+        "losses/entropy",
+        "charts/learning_rate",
+    }:
         assert tag in scalars, f"{tag} not logged"
         assert all(math.isfinite(value) for _, value in scalars[tag]), tag
     # metrics every 64 steps of a 128-step run: at steps 64 and 128
@@ -68,7 +105,9 @@ def test_hadamard_layer_multiplies_two_independent_branches():
     x = torch.randn(3, 6)
     out = layer(x)
     assert out.shape == (3, 5)
-    torch.testing.assert_close(out, torch.tanh(x @ wa.T + layer.branch_a[0].bias) * torch.tanh(x @ wb.T + layer.branch_b[0].bias))
+    torch.testing.assert_close(
+        out, torch.tanh(x @ wa.T + layer.branch_a[0].bias) * torch.tanh(x @ wb.T + layer.branch_b[0].bias)
+    )
     out.sum().backward()
     assert wa.grad is not None and wa.grad.abs().sum() > 0
     assert wb.grad is not None and wb.grad.abs().sum() > 0
@@ -94,8 +133,12 @@ def test_gae_stops_at_termination_and_bootstraps_truncation():
 
 @pytest.mark.parametrize(
     "env_id, rom, sticky",
-    [("BreakoutNoFrameskip-v4", "breakout", 0.0), ("ALE/MsPacman-v5", "ms_pacman", 0.25), ("SpaceInvaders-v5", "space_invaders", 0.0),
-     ("BeamRiderNoFrameskip-v4", "beam_rider", 0.0)],
+    [
+        ("BreakoutNoFrameskip-v4", "breakout", 0.0),
+        ("ALE/MsPacman-v5", "ms_pacman", 0.25),
+        ("SpaceInvaders-v5", "space_invaders", 0.0),
+        ("BeamRiderNoFrameskip-v4", "beam_rider", 0.0),
+    ],
 )
 def test_env_id_styles(env_id, rom, sticky):
     assert ppo.parse_env_id(env_id, None) == (rom, sticky)
@@ -213,8 +256,13 @@ def test_save_load_evaluate_round_trip(workdir):
 
 
 def test_bad_model_files_are_one_line_errors(workdir):
-    misfit = {"algorithm": "ppo", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
-              "param_matched": False}, "num_actions": 4, "representation_width": 512, "state_dict": ppo.Agent(4, width=64).state_dict()}
+    misfit = {
+        "algorithm": "ppo",
+        "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False, "param_matched": False},
+        "num_actions": 4,
+        "representation_width": 512,
+        "state_dict": ppo.Agent(4, width=64).state_dict(),
+    }
     assert_bad_model_files_rejected(SCRIPT, "ppo", misfit, workdir)
 
 
@@ -243,16 +291,25 @@ def test_bad_flags_are_one_line_errors(workdir, flags, message):
 def test_metrics_do_not_change_the_run(workdir):
     """Metrics every iteration on 64 of the rollout's valid states (a random draw) vs none: the same losses and games."""
     args = ["--num-envs", "2", "--num-steps", "128", "--total-timesteps", "768", "--num-minibatches", "2", "--seed", "7"]
-    scalars = assert_metrics_do_not_change_the_run(SCRIPT, args, ["--metrics-interval", "1", "--metrics-batch-size", "64"], workdir)
+    scalars = assert_metrics_do_not_change_the_run(
+        SCRIPT, args, ["--metrics-interval", "1", "--metrics-batch-size", "64"], workdir
+    )
     assert [step for step, _ in scalars["on"]["representation/srank"]] == [256, 512, 768]
 
     # bench_parity.py reads both runs back: the same score and games, the probe's metrics only where they were logged
     runs = [f"{name}={next((workdir / name / 'runs').iterdir())}" for name in ("on", "off")]
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_parity.py"), "--out", str(workdir / "parity"), *runs],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_parity.py"), "--out", str(workdir / "parity"), *runs],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
-    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in result.stdout.splitlines()
-            if line.startswith("| on ") or line.startswith("| off ")}
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in result.stdout.splitlines()
+        if line.startswith("| on ") or line.startswith("| off ")
+    }
     returns = [value for _, value in scalars["on"]["charts/episodic_return"]][-100:]
     assert rows["on"][:4] == rows["off"][:4] and rows["on"][1] == f"{np.mean(returns):.2f} ({np.mean(returns):.2f})"
     assert rows["off"][4:] == ["-", "-"] and rows["on"][4:] != ["-", "-"]

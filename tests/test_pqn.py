@@ -1,4 +1,5 @@
-"""pqn_atari_hadamard.py: Q(lambda) targets, network variants, epsilon-greedy, tiny end-to-end runs, and its speed benchmark."""
+"""pqn_atari_hadamard.py: Q(lambda) targets, network variants, epsilon-greedy, tiny end-to-end runs, and its speed
+benchmark."""
 
 import json
 import math
@@ -9,13 +10,40 @@ import torch
 
 import common_metrics
 import pqn_atari_hadamard as pqn
-from conftest import (ROLLOUT_RESUME_ARGS, assert_bad_model_files_rejected, assert_fire_on_life_loss,
-                      assert_interrupted_run_resumes, assert_metrics_do_not_change_the_run, assert_progress_and_outputs,
-                      assert_restores, assert_rollout_run_resumed_as_one, read_config, read_scalars, run_fails, run_ok,
-                      run_ok_output, run_script)
+from conftest import (
+    ROLLOUT_RESUME_ARGS,
+    assert_bad_model_files_rejected,
+    assert_fire_on_life_loss,
+    assert_interrupted_run_resumes,
+    assert_metrics_do_not_change_the_run,
+    assert_progress_and_outputs,
+    assert_restores,
+    assert_rollout_run_resumed_as_one,
+    read_config,
+    read_scalars,
+    run_fails,
+    run_ok,
+    run_ok_output,
+    run_script,
+)
 
 SCRIPT = "pqn_atari_hadamard.py"
-TINY = ("--num-envs", "2", "--num-steps", "16", "--total-timesteps", "128", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "64", "--metrics-batch-size", "32")
+TINY = (
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "16",
+    "--total-timesteps",
+    "128",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "1",
+    "--metrics-interval",
+    "64",
+    "--metrics-batch-size",
+    "32",
+)
 PUREJAXQL = ("--num-envs", "128", "--num-steps", "32", "--update-epochs", "2", "--num-minibatches", "32", "--end-e", "0.001")
 LAYERS = ("conv1", "conv2", "conv3", "fc")
 RANKS = ("srank", "effective_rank", "feature_rank", "stable_rank", "feature_norm", "dormant_fraction", "dead_fraction")
@@ -86,7 +114,9 @@ def test_env_ids_and_sticky_actions():
         pqn.parse_env_id("Breakot-v5", None)
 
 
-@pytest.mark.parametrize("hadamard,scope", [(False, "representation"), (True, "representation"), (False, "all"), (True, "all")])
+@pytest.mark.parametrize(
+    "hadamard,scope", [(False, "representation"), (True, "representation"), (False, "all"), (True, "all")]
+)
 def test_network_variants(hadamard, scope):
     net = pqn.QNetwork(4, "tanh", hadamard, scope)
     obs = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
@@ -149,7 +179,9 @@ def test_life_loss_is_terminal_and_the_game_goes_on():
 def test_reset_steps_are_the_steps_after_game_over_or_truncation():
     from ale_py.vector_env import AtariVectorEnv
 
-    envs = AtariVectorEnv("breakout", 2, episodic_life=False, life_loss_info=True, reward_clipping=False, max_num_frames_per_episode=240)
+    envs = AtariVectorEnv(
+        "breakout", 2, episodic_life=False, life_loss_info=True, reward_clipping=False, max_num_frames_per_episode=240
+    )
     _, info = envs.reset(seed=0)
     stats = pqn.EpisodeStats(2, info)
     rng = np.random.default_rng(0)
@@ -205,9 +237,25 @@ def test_tanh_end_to_end(workdir):
 
 def test_metrics_do_not_change_the_run(workdir):
     """A probe of 32 of the rollout's valid states (a random draw) every iteration vs none: the same losses and games."""
-    args = ["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "512", "--num-minibatches", "2", "--update-epochs", "1",
-            "--activation", "relu", "--seed", "7"]
-    scalars = assert_metrics_do_not_change_the_run(SCRIPT, args, ["--metrics-interval", "1", "--metrics-batch-size", "32"], workdir)
+    args = [
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "64",
+        "--total-timesteps",
+        "512",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--activation",
+        "relu",
+        "--seed",
+        "7",
+    ]
+    scalars = assert_metrics_do_not_change_the_run(
+        SCRIPT, args, ["--metrics-interval", "1", "--metrics-batch-size", "32"], workdir
+    )
     assert [step for step, _ in scalars["on"]["representation/srank"]] == [128, 256, 384, 512]
     assert read_config(next((workdir / "off" / "runs").iterdir()))["variant"] == "relu"
 
@@ -219,7 +267,9 @@ def test_fire_on_life_loss_on_the_real_env():
 def test_compiled_loss_gives_the_eager_losses(workdir):
     losses = {}
     for flags in ((), ("--compile",)):
-        run_dir = run_ok(SCRIPT, *TINY, "--metrics-interval", "0", *flags, "--run-name", "run", cwd=subdir(workdir, str(len(flags))))
+        run_dir = run_ok(
+            SCRIPT, *TINY, "--metrics-interval", "0", *flags, "--run-name", "run", cwd=subdir(workdir, str(len(flags)))
+        )
         losses[flags] = [value for _, value in read_scalars(run_dir)["losses/td_loss"]]
     assert read_config(run_dir)["compile"]
     assert losses[("--compile",)] == pytest.approx(losses[()], rel=1e-3)
@@ -237,8 +287,20 @@ def test_hadamard_scope_all_and_param_matched(workdir):
 
 
 def test_tanh_hr_save_video_and_eval_model(workdir):
-    run_dir, stdout = run_ok_output(SCRIPT, *TINY, "--hadamard", "--save-model", "--capture-video", "--eval-episodes", "1", "--eval-epsilon", "1",
-                                    "--run-name", "hr", cwd=subdir(workdir, "train"))
+    run_dir, stdout = run_ok_output(
+        SCRIPT,
+        *TINY,
+        "--hadamard",
+        "--save-model",
+        "--capture-video",
+        "--eval-episodes",
+        "1",
+        "--eval-epsilon",
+        "1",
+        "--run-name",
+        "hr",
+        cwd=subdir(workdir, "train"),
+    )
     assert_progress_and_outputs(stdout, run_dir, videos=True)
     scalars = check_run(run_dir, hr_layers=("fc",))
     assert "eval/episodic_return" in scalars
@@ -256,11 +318,15 @@ def test_tanh_hr_save_video_and_eval_model(workdir):
 
 def test_sigterm_then_the_same_command_resumes_the_run(workdir):
     """SIGTERM mid-run, then the same command (conftest.assert_interrupted_run_resumes): every iteration logged once, the
-    learning rate and epsilon scheduled as in one run, the optimizer's step count that of one run, the checkpoint restored exactly."""
+    learning rate and epsilon scheduled as in one run, the optimizer's step count that of one run, the checkpoint restored
+    exactly."""
     checkpoint, scalars, run_dir = assert_interrupted_run_resumes(SCRIPT, ROLLOUT_RESUME_ARGS, workdir)
     assert_rollout_run_resumed_as_one(scalars, run_dir, learning_rate=2.5e-4)
-    np.testing.assert_allclose([e for _, e in scalars["charts/epsilon"]],
-                               [pqn.linear_schedule(1, 0.01, 0.1 * 2048, step) for step, _ in scalars["charts/epsilon"]], rtol=1e-6)
+    np.testing.assert_allclose(
+        [e for _, e in scalars["charts/epsilon"]],
+        [pqn.linear_schedule(1, 0.01, 0.1 * 2048, step) for step, _ in scalars["charts/epsilon"]],
+        rtol=1e-6,
+    )
     q_network = pqn.QNetwork(checkpoint["num_actions"], width=checkpoint["representation_width"])
     assert_restores(pqn, checkpoint, q_network, torch.optim.RAdam(q_network.parameters(), lr=2.5e-4))
 
@@ -274,8 +340,21 @@ def test_purejaxql_preset_runs(workdir):
 
 def test_speed_benchmark_figures_are_consistent(workdir):
     """bench_pqn.py measures the real script and its bounds; the bounds must order as their definitions say."""
-    result = run_script("benchmarks/bench_pqn.py", "--iterations", "2", "--presets", "cleanrl", "--variants", "tanh", "--metrics", "off",
-                        "--no-cuda", "--output", "bench.json", cwd=workdir)
+    result = run_script(
+        "benchmarks/bench_pqn.py",
+        "--iterations",
+        "2",
+        "--presets",
+        "cleanrl",
+        "--variants",
+        "tanh",
+        "--metrics",
+        "off",
+        "--no-cuda",
+        "--output",
+        "bench.json",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads((workdir / "bench.json").read_text())["results"]
     assert row["update_only_sps"] > row["compute_only_sps"] > row["serial_sps"] > 0  # acting and env steps only add time
@@ -307,7 +386,17 @@ def test_bad_input_stops_with_one_line(workdir, args, message):
 
 
 def test_bad_model_files_are_one_line_errors(workdir):
-    misfit = {"algorithm": "pqn", "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False,
-              "hadamard_scope": "representation", "param_matched": False}, "num_actions": 4, "representation_width": 512,
-              "state_dict": pqn.QNetwork(4, width=64).state_dict()}
+    misfit = {
+        "algorithm": "pqn",
+        "args": {
+            "env_id": "BreakoutNoFrameskip-v4",
+            "activation": "tanh",
+            "hadamard": False,
+            "hadamard_scope": "representation",
+            "param_matched": False,
+        },
+        "num_actions": 4,
+        "representation_width": 512,
+        "state_dict": pqn.QNetwork(4, width=64).state_dict(),
+    }
     assert_bad_model_files_rejected(SCRIPT, "pqn", misfit, workdir)

@@ -16,9 +16,21 @@ sys.path.insert(0, str(ROOT / "sweep"))
 import plot_results  # noqa: E402
 
 
-def make_run(runs_dir: Path, algorithm: str, variant: str, env_id: str = "BreakoutNoFrameskip-v4", seed: int = 1, returns=(),
-             dead=(0.1, 0.2), srank=(100.0, 80.0), done=True, game_every: int = 100, metric_every: int = 1000, name: str = "",
-             **config) -> Path:
+def make_run(
+    runs_dir: Path,
+    algorithm: str,
+    variant: str,
+    env_id: str = "BreakoutNoFrameskip-v4",
+    seed: int = 1,
+    returns=(),
+    dead=(0.1, 0.2),
+    srank=(100.0, 80.0),
+    done=True,
+    game_every: int = 100,
+    metric_every: int = 1000,
+    name: str = "",
+    **config,
+) -> Path:
     """A run folder as the training scripts write it: real TensorBoard events (a game every `game_every` steps, the
     metrics every `metric_every` steps from 0), config.json (`config` adds keys) and done.json."""
     from torch.utils.tensorboard import SummaryWriter
@@ -63,7 +75,16 @@ def test_report_values(workdir, capsys):
         for seed in (1, 2, 3):
             # 150 games: the first 50 score 1000 (left out), the last 100 average 20 + offset + seed
             breakout = [1000.0] * 50 + [19.0 + offset + seed, 21.0 + offset + seed] * 50
-            make_run(runs, "ppo", variant, "BreakoutNoFrameskip-v4", seed, breakout, dead=(0.5, 0.1 * seed), srank=(300.0, 100.0 + seed))
+            make_run(
+                runs,
+                "ppo",
+                variant,
+                "BreakoutNoFrameskip-v4",
+                seed,
+                breakout,
+                dead=(0.5, 0.1 * seed),
+                srank=(300.0, 100.0 + seed),
+            )
             make_run(runs, "ppo", variant, "PongNoFrameskip-v4", seed, [float(seed) + offset / 10] * 3)
             scores.setdefault(("Breakout", variant), []).append(20.0 + offset + seed)
             scores.setdefault(("Pong", variant), []).append(seed + offset / 10)
@@ -79,7 +100,9 @@ def test_report_values(workdir, capsys):
 
     from rliable import metrics
 
-    hns = np.array([[plot_results.human_normalized(scores[(game, "tanh")][s], game) for game in ["Breakout", "Pong"]] for s in range(3)])
+    hns = np.array(
+        [[plot_results.human_normalized(scores[(game, "tanh")][s], game) for game in ["Breakout", "Pong"]] for s in range(3)]
+    )
     iqm, median = metrics.aggregate_iqm(hns), metrics.aggregate_median(hns)
     aggregate_row = next(line for line in markdown.splitlines() if line.startswith("| tanh | 3 |"))
     assert f"{iqm:.3f} [" in aggregate_row and f"{median:.3f} [" in aggregate_row
@@ -130,30 +153,65 @@ def test_report_counts_finished_training_runs_only(workdir, capsys):
     markdown, err = report(runs, workdir / "out", capsys)
     assert row(markdown, "Breakout", "tanh")[2:5] == ["1", "1,000", "4.0"]
     assert f"warning: {evaluation}: an evaluation-only run" in err
-    assert "## Unfinished runs" in markdown and "| BreakoutNoFrameskip-v4__ppo__tanh__2 | ppo | tanh | Breakout | 2 | 1,000 |" in markdown
+    assert (
+        "## Unfinished runs" in markdown
+        and "| BreakoutNoFrameskip-v4__ppo__tanh__2 | ppo | tanh | Breakout | 2 | 1,000 |" in markdown
+    )
 
     twin = runs / "BreakoutNoFrameskip-v4__ppo__tanh__1__again"
     shutil.copytree(runs / "BreakoutNoFrameskip-v4__ppo__tanh__1", twin)
     result = run_report(workdir, runs)
     assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "BreakoutNoFrameskip-v4__ppo__tanh__1 and" in result.stderr and f"{twin.name} are both ppo tanh on Breakout with seed 1" in result.stderr
+    assert (
+        "BreakoutNoFrameskip-v4__ppo__tanh__1 and" in result.stderr
+        and f"{twin.name} are both ppo tanh on Breakout with seed 1" in result.stderr
+    )
 
 
 def test_eval_only_runs_are_marked_in_config(workdir):
     """A training run's config.json says eval_only false, an --eval-model run's true (the report leaves those out)."""
     from conftest import read_config, run_ok
 
-    tiny = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "64", "--num-minibatches", "2", "--update-epochs", "1",
-            "--metrics-interval", "0", "--save-model", "--eval-episodes", "1"]
+    tiny = [
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "32",
+        "--total-timesteps",
+        "64",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--metrics-interval",
+        "0",
+        "--save-model",
+        "--eval-episodes",
+        "1",
+    ]
     trained = run_ok("ppo_atari_hadamard.py", *tiny, cwd=workdir)
     assert read_config(trained)["eval_only"] is False
     (workdir / "eval").mkdir()
-    evaluated = run_ok("ppo_atari_hadamard.py", "--eval-model", str(trained / "ppo_atari_hadamard.pt"), "--eval-episodes", "1", cwd=workdir / "eval")
+    evaluated = run_ok(
+        "ppo_atari_hadamard.py",
+        "--eval-model",
+        str(trained / "ppo_atari_hadamard.pt"),
+        "--eval-episodes",
+        "1",
+        cwd=workdir / "eval",
+    )
     assert read_config(evaluated)["eval_only"] is True
 
 
 def run_report(workdir: Path, runs_dir: Path, *flags: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / "sweep" / "plot_results.py"), "--runs-dir", str(runs_dir), "--out", str(workdir / "out")]
+    command = [
+        sys.executable,
+        str(ROOT / "sweep" / "plot_results.py"),
+        "--runs-dir",
+        str(runs_dir),
+        "--out",
+        str(workdir / "out"),
+    ]
     return subprocess.run([*command, *flags], cwd=workdir, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
 
 
@@ -178,7 +236,9 @@ def test_a_run_without_events_is_one_warning_line(workdir, capsys):
     make_run(runs, "ppo", "tanh", "BreakoutNoFrameskip-v4", 1, [3.0])
     broken = runs / "BreakoutNoFrameskip-v4__ppo__tanh__2"
     broken.mkdir()
-    (broken / "config.json").write_text(json.dumps({"algorithm": "ppo", "variant": "tanh", "env_id": "BreakoutNoFrameskip-v4", "seed": 2}))
+    (broken / "config.json").write_text(
+        json.dumps({"algorithm": "ppo", "variant": "tanh", "env_id": "BreakoutNoFrameskip-v4", "seed": 2})
+    )
     (runs / "_slurm").mkdir()  # benchmark.sh's Slurm files: not a run
     markdown, err = report(runs, workdir / "out", capsys)
     lines = err.strip().splitlines()
@@ -203,14 +263,23 @@ def test_curve_band_ends_with_the_shortest_seed_and_says_what_it_is():
     single = plot_results.band([(steps, np.ones(10))])
     assert single[4] == "" and np.isnan(single[2]).all() and np.isnan(single[3]).all()
     assert [plot_results.steps_label(x) for x in (0, 0.2, 500, 250_000, 1_500_000, 10_000_000)] == [
-        "0", "0.2", "500", "250k", "1.5M", "10M"]
+        "0",
+        "0.2",
+        "500",
+        "250k",
+        "1.5M",
+        "10M",
+    ]
 
 
-@pytest.mark.parametrize("case, other, label", [
-    ("learning rate", {"learning_rate": 0.001}, "tanh (lr 0.001)"),
-    ("sticky actions", {"env_id": "ALE/Breakout-v5"}, "tanh (ALE/Breakout-v5, sticky 0.25)"),
-    ("budget", {"total_timesteps": 1000}, "tanh (1k steps)"),
-])
+@pytest.mark.parametrize(
+    "case, other, label",
+    [
+        ("learning rate", {"learning_rate": 0.001}, "tanh (lr 0.001)"),
+        ("sticky actions", {"env_id": "ALE/Breakout-v5"}, "tanh (ALE/Breakout-v5, sticky 0.25)"),
+        ("budget", {"total_timesteps": 1000}, "tanh (1k steps)"),
+    ],
+)
 def test_runs_with_other_settings_are_another_group(workdir, capsys, case, other, label):
     """Two settings of one variant in one runs folder are two groups, the other one named by how it differs, in the
     tables and the csv; an older config.json without a key reads as the script's default (the same group)."""
@@ -228,7 +297,7 @@ def test_runs_with_other_settings_are_another_group(workdir, capsys, case, other
     assert f"warning: ppo tanh on Breakout: runs with different settings, reported as 2 groups: tanh; {label}" in err
     groups = {(r["run"], r["group"]) for r in csv.DictReader((workdir / "out" / "results.csv").open())}
     assert ("other", label) in groups and ("BreakoutNoFrameskip-v4__ppo__tanh__2", "tanh") in groups
-    learning_speed = markdown[markdown.index("Learning speed"):]
+    learning_speed = markdown[markdown.index("Learning speed") :]
     assert f"| Breakout | {label} | 1 |" in learning_speed and "| Breakout | tanh | 2 |" in learning_speed
 
 
@@ -238,21 +307,52 @@ def test_representation_at_fixed_steps_and_learning_speed(workdir, capsys):
     runs = workdir / "runs"
     for seed in (1, 2, 3):
         dead = [0.1 * i + 0.01 * seed for i in range(7)]  # at 0, 100k, ..., 600k
-        make_run(runs, "ppo", "tanh", "BreakoutNoFrameskip-v4", seed, returns=[0.0] * 5 + [10.0] * 5, game_every=60_000, dead=dead, srank=[50.0] * 7,
-                 metric_every=100_000, total_timesteps=600_000, metrics_interval=100_000)
+        make_run(
+            runs,
+            "ppo",
+            "tanh",
+            "BreakoutNoFrameskip-v4",
+            seed,
+            returns=[0.0] * 5 + [10.0] * 5,
+            game_every=60_000,
+            dead=dead,
+            srank=[50.0] * 7,
+            metric_every=100_000,
+            total_timesteps=600_000,
+            metrics_interval=100_000,
+        )
     # one seed of tanh + HR that reaches the same final score sooner: 10 from the third game on
-    make_run(runs, "ppo", "tanh_hr", "BreakoutNoFrameskip-v4", 1, returns=[0.0] * 2 + [10.0] * 8, game_every=60_000, dead=[0.0] * 7, srank=[90.0] * 7,
-             metric_every=100_000, total_timesteps=600_000, metrics_interval=100_000)
+    make_run(
+        runs,
+        "ppo",
+        "tanh_hr",
+        "BreakoutNoFrameskip-v4",
+        1,
+        returns=[0.0] * 2 + [10.0] * 8,
+        game_every=60_000,
+        dead=[0.0] * 7,
+        srank=[90.0] * 7,
+        metric_every=100_000,
+        total_timesteps=600_000,
+        metrics_interval=100_000,
+    )
     markdown, _ = report(runs, workdir / "out", capsys, "--steps", "250k,500k,1M", "--window", "3")
 
     fixed = [line for line in markdown.splitlines() if line.startswith("| Breakout | tanh | ")][1:]  # after the summary row
-    assert fixed[:2] == ["| Breakout | tanh | 250k | 3 | 0.220 ± 0.010 | 100.0 ± 0.0 | 50.0 ± 0.0 |",
-                         "| Breakout | tanh | 500k | 3 | 0.520 ± 0.010 | 100.0 ± 0.0 | 50.0 ± 0.0 |"]
+    assert fixed[:2] == [
+        "| Breakout | tanh | 250k | 3 | 0.220 ± 0.010 | 100.0 ± 0.0 | 50.0 ± 0.0 |",
+        "| Breakout | tanh | 500k | 3 | 0.520 ± 0.010 | 100.0 ± 0.0 | 50.0 ± 0.0 |",
+    ]
     assert not any("| 1M |" in line for line in markdown.splitlines())  # past the 600k budget
     rows = list(csv.DictReader((workdir / "out" / "representation.csv").open()))
     dead_250k = next(r for r in rows if (r["variant"], r["step"], r["metric"]) == ("tanh", "250000", "dead_fraction"))
     assert (dead_250k["runs"], dead_250k["mean"], dead_250k["std"], dead_250k["min"], dead_250k["max"]) == (
-        "3", "0.22", "0.01", "0.21", "0.23")
+        "3",
+        "0.22",
+        "0.01",
+        "0.21",
+        "0.23",
+    )
 
     # 100 bins of 6k steps: games end at 60k, 120k, ... (bins 10, 20, ...); the first 10 at 360k (bin 60) for tanh,
     # at 180k (bin 30) for tanh + HR: AUC 10 * 40 / 100 = 4 and 10 * 70 / 100 = 7; both end at 10 (the last 3 games)
@@ -268,8 +368,17 @@ def test_reports_of_the_same_runs_are_identical(workdir, capsys, monkeypatch):
     for variant in ["tanh", "tanh_hr"]:
         for seed in (1, 2, 3):
             returns = list(np.random.default_rng(seed).normal(5.0 if variant == "tanh" else 8.0, 2.0, size=40))
-            make_run(runs, "pqn", variant, "BreakoutNoFrameskip-v4", seed, returns[: 30 + 5 * seed],
-                     dead=(0.1 * seed, 0.3, 0.2), srank=(90.0, 70.0 + seed, 60.0), total_timesteps=4000)
+            make_run(
+                runs,
+                "pqn",
+                variant,
+                "BreakoutNoFrameskip-v4",
+                seed,
+                returns[: 30 + 5 * seed],
+                dead=(0.1 * seed, 0.3, 0.2),
+                srank=(90.0, 70.0 + seed, 60.0),
+                total_timesteps=4000,
+            )
     report(runs, workdir / "first", capsys)
     monkeypatch.chdir(workdir)
     report(Path("runs"), workdir / "second", capsys)

@@ -15,12 +15,44 @@ from conftest import Background, interrupt, one_line_failure, run_script
 
 # short runs, interrupted after their first iteration (PPO, PQN) or step (DQN), the probe off
 SHORT = {
-    "ppo_atari_hadamard.py": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "512", "--num-minibatches", "2",
-                              "--update-epochs", "1", "--metrics-interval", "0"],
-    "pqn_atari_hadamard.py": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "512", "--num-minibatches", "2",
-                              "--update-epochs", "1", "--metrics-interval", "0"],
-    "dqn_atari_hadamard.py": ["--total-timesteps", "600", "--learning-starts", "100", "--buffer-size", "500",
-                              "--metrics-interval", "0"],
+    "ppo_atari_hadamard.py": [
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "32",
+        "--total-timesteps",
+        "512",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--metrics-interval",
+        "0",
+    ],
+    "pqn_atari_hadamard.py": [
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "32",
+        "--total-timesteps",
+        "512",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--metrics-interval",
+        "0",
+    ],
+    "dqn_atari_hadamard.py": [
+        "--total-timesteps",
+        "600",
+        "--learning-starts",
+        "100",
+        "--buffer-size",
+        "500",
+        "--metrics-interval",
+        "0",
+    ],
 }
 PQN = "pqn_atari_hadamard.py"
 
@@ -51,8 +83,11 @@ def test_a_run_without_run_name_is_its_folders_only_writer_and_resumes_as_its_in
     interrupted = run.finish()
     assert interrupted.returncode == 143 and "Traceback" not in interrupted.stderr, interrupted.stderr[-3000:]
     last = interrupted.stdout.strip().splitlines()[-1]
-    match = re.fullmatch(rf"interrupted at step (\d+): checkpoint written to runs/{run_name}/checkpoint.pt; "
-                         r"run the same command (.+) to resume", last)
+    match = re.fullmatch(
+        rf"interrupted at step (\d+): checkpoint written to runs/{run_name}/checkpoint.pt; "
+        r"run the same command (.+) to resume",
+        last,
+    )
     assert match, last
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["args"]["run_name"] is None
     (run_dir / "checkpoint.pt.tmp").write_bytes(b"left by a process killed while it wrote a checkpoint")
@@ -99,16 +134,19 @@ def test_a_periodic_checkpoint_that_cannot_be_written_is_a_warning_and_training_
     """Every iteration's checkpoint fails (a real write error, EFBIG under a file size limit; torch says "unexpected pos"
     as on a full disk): each is a warning that says what the checkpoint needs and what the disk has, training goes on
     and tries again at the next interval, and the run finishes."""
-    result = run_script(PQN, *SHORT[PQN], "--checkpoint-interval", "64", "--run-name", "full", cwd=workdir,
-                        max_file_size=MAX_FILE_SIZE)
+    result = run_script(
+        PQN, *SHORT[PQN], "--checkpoint-interval", "64", "--run-name", "full", cwd=workdir, max_file_size=MAX_FILE_SIZE
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     warnings = result.stderr.strip().splitlines()
     assert len(warnings) == 512 // 64, warnings
     for warning in warnings:
-        assert re.fullmatch(r"warning: cannot write checkpoint runs/full/checkpoint.pt \(RuntimeError: .*unexpected pos.*\): "
-                            r"it needs more than the 2.0 MiB written before it failed, [\d,.]+ MiB free on its disk; "
-                            r"the previous one, if any, stays; training goes on and tries again at the next checkpoint",
-                            warning), warning
+        assert re.fullmatch(
+            r"warning: cannot write checkpoint runs/full/checkpoint.pt \(RuntimeError: .*unexpected pos.*\): "
+            r"it needs more than the 2.0 MiB written before it failed, [\d,.]+ MiB free on its disk; "
+            r"the previous one, if any, stays; training goes on and tries again at the next checkpoint",
+            warning,
+        ), warning
     run_dir = workdir / "runs" / "full"
     assert json.loads((run_dir / "done.json").read_text())["global_step"] == 512
     assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint.pt.tmp").exists()
@@ -123,9 +161,12 @@ def test_a_checkpoint_on_a_signal_that_cannot_be_written_is_one_line_and_the_pre
     before, step = (checkpoint.stat().st_size, checkpoint.stat().st_mtime_ns), torch.load(checkpoint)["global_step"]
     result = interrupt(PQN, *args, cwd=workdir, max_file_size=MAX_FILE_SIZE)
     line = one_line_failure(result)
-    assert re.fullmatch(r"error: cannot write checkpoint runs/full/checkpoint.pt \(RuntimeError: .*\): it needs about "
-                        r"[\d.]+ MiB \(the previous one's size\) next to the previous one, [\d,.]+ MiB free on its disk; "
-                        r"the previous one, if any, stays", line), line
+    assert re.fullmatch(
+        r"error: cannot write checkpoint runs/full/checkpoint.pt \(RuntimeError: .*\): it needs about "
+        r"[\d.]+ MiB \(the previous one's size\) next to the previous one, [\d,.]+ MiB free on its disk; "
+        r"the previous one, if any, stays",
+        line,
+    ), line
     assert (checkpoint.stat().st_size, checkpoint.stat().st_mtime_ns) == before
     assert torch.load(checkpoint)["global_step"] == step
     assert not (checkpoint.parent / "checkpoint.pt.tmp").exists()
@@ -135,8 +176,11 @@ def test_a_full_disk_at_start_is_one_line(workdir):
     """A write that fails as the run starts (config.json, under a file size limit of 200 bytes) is one line, no traceback."""
     result = run_script(PQN, *SHORT[PQN], "--run-name", "full", cwd=workdir, max_file_size=200)
     line = one_line_failure(result)
-    assert re.fullmatch(r"error: cannot write runs/full/config.json \(\[Errno 27\] File too large\): "
-                        r"[\d,.]+ MiB free on its disk", line), line
+    assert re.fullmatch(
+        r"error: cannot write runs/full/config.json \(\[Errno 27\] File too large\): "
+        r"[\d,.]+ MiB free on its disk",
+        line,
+    ), line
 
 
 def test_cuda_generator_states_restore_what_fits():
@@ -147,8 +191,10 @@ def test_cuda_generator_states_restore_what_fits():
     saved = [torch.Generator().manual_seed(seed).get_state()[:16] for seed in range(4)]  # a CUDA generator's state is 16 bytes
 
     def fit(*args) -> dict:  # {device: index of the saved state it gets}
-        return {device: next(i for i, state in enumerate(saved) if state is chosen)
-                for device, chosen in pqn.cuda_rng_states_that_fit(*args).items()}
+        return {
+            device: next(i for i, state in enumerate(saved) if state is chosen)
+            for device, chosen in pqn.cuda_rng_states_that_fit(*args).items()
+        }
 
     assert fit(saved, 2, 0) == {0: 0, 1: 1}  # written on 4 GPUs, resumed on 2
     assert fit(saved, 8, 3) == {0: 0, 1: 1, 2: 2, 3: 3}
@@ -179,14 +225,19 @@ def test_a_checkpoint_is_checked_against_the_network_and_optimizer_before_anythi
     before = pqn.rng_states()
     pqn.check_checkpoint(checkpoint, "checkpoint.pt", fresh_optimizer, state_dict=fresh_network)
     assert torch.equal(pqn.rng_states()["torch"], before["torch"])
-    misfit_network = (r"^error: checkpoint checkpoint.pt does not fit the network and optimizer of this command "
-                      r"\(RuntimeError: Error\(s\) in loading state_dict for QNetwork: size mismatch for fc.0.weight: "
-                      r"copying a param with shape torch.Size\(\[64, 3136\]\) from checkpoint, .*\); "
-                      r"the run is left as it is$")
+    misfit_network = (
+        r"^error: checkpoint checkpoint.pt does not fit the network and optimizer of this command "
+        r"\(RuntimeError: Error\(s\) in loading state_dict for QNetwork: size mismatch for fc.0.weight: "
+        r"copying a param with shape torch.Size\(\[64, 3136\]\) from checkpoint, .*\); "
+        r"the run is left as it is$"
+    )
     with pytest.raises(SystemExit, match=misfit_network):
         pqn.check_checkpoint(checkpoint, "checkpoint.pt", wide_optimizer, state_dict=wide_network)
     misfit_optimizer = {**checkpoint, "state_dict": wide_network.state_dict()}  # the network fits, its optimizer does not
-    with pytest.raises(SystemExit, match=r"\(ValueError: optimizer state exp_avg of shape \(64, 3136\) for a parameter "
-                                         r"of shape \(512, 3136\)\)"):
+    with pytest.raises(
+        SystemExit,
+        match=r"\(ValueError: optimizer state exp_avg of shape \(64, 3136\) for a parameter "
+        r"of shape \(512, 3136\)\)",
+    ):
         pqn.check_checkpoint(misfit_optimizer, "checkpoint.pt", wide_optimizer, state_dict=wide_network)
     assert torch.equal(pqn.rng_states()["torch"], before["torch"])

@@ -17,7 +17,18 @@ from conftest import ROOT, SCRIPT_ENV, assert_steps_increase, read_scalars
 
 SLURM_LOCAL = ROOT / "sweep" / "slurm_local.sh"
 # PPO runs of 2 envs x 32 steps; the probe off
-TINY_PPO = ["--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "0"]
+TINY_PPO = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "32",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "1",
+    "--metrics-interval",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +47,14 @@ def slurm(tmp_path_factory):
 
 def submit(workdir: Path, env: dict, *args: str) -> str:
     """benchmark.sh --slurm with `args`; returns the job id sbatch gave."""
-    result = subprocess.run(["bash", str(ROOT / "benchmark.sh"), "--slurm", "--slurm-cpus", "1", "--slurm-mem", "1G", *args],
-                            cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmark.sh"), "--slurm", "--slurm-cpus", "1", "--slurm-mem", "1G", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return re.search(r"Submitted batch job (\d+)", result.stdout).group(1)
 
@@ -67,8 +84,22 @@ def assert_finished(run_dir: Path, total: int) -> str:
 
 
 def test_an_array_of_two_runs_finishes(workdir, slurm):
-    job = submit(workdir, slurm, "--scripts", "ppo", "--games", "Breakout", "--variants", "tanh,tanh_hr", "--seeds", "1",
-                 "--total-timesteps", "128", "--", *TINY_PPO)
+    job = submit(
+        workdir,
+        slurm,
+        "--scripts",
+        "ppo",
+        "--games",
+        "Breakout",
+        "--variants",
+        "tanh,tanh_hr",
+        "--seeds",
+        "1",
+        "--total-timesteps",
+        "128",
+        "--",
+        *TINY_PPO,
+    )
     runs = [workdir / "runs" / f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{variant}__1" for variant in ("tanh", "tanh_hr")]
     wait_until(lambda: job_ended(slurm, job), slurm, job, 300, "both array tasks")
     for run_dir in runs:
@@ -80,8 +111,22 @@ def test_an_array_of_two_runs_finishes(workdir, slurm):
 def test_a_requeued_task_resumes_its_run_from_the_checkpoint(workdir, slurm):
     """`scontrol requeue` of the running task: Slurm sends SIGTERM to the task's processes, the run writes its checkpoint,
     and the task that Slurm starts again resumes it, to exactly --total-timesteps."""
-    job = submit(workdir, slurm, "--scripts", "ppo", "--games", "Breakout", "--variants", "tanh", "--seeds", "1",
-                 "--total-timesteps", "3072", "--", *TINY_PPO)
+    job = submit(
+        workdir,
+        slurm,
+        "--scripts",
+        "ppo",
+        "--games",
+        "Breakout",
+        "--variants",
+        "tanh",
+        "--seeds",
+        "1",
+        "--total-timesteps",
+        "3072",
+        "--",
+        *TINY_PPO,
+    )
     log = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__1" / "train.log"
     wait_until(lambda: log.exists() and "\nstep " in log.read_text(), slurm, job, 300, "the run's first iteration")
     requeued = subprocess.run(["scontrol", "requeue", f"{job}_0"], env=slurm, capture_output=True, text=True)
@@ -97,14 +142,42 @@ def test_a_run_longer_than_its_time_limit_finishes_over_several_allocations(work
     """A one-minute limit with the warning 30 s before it (Slurm sends it up to 60 s early, on its 30 s tick): at each
     warning the run writes its checkpoint and the task requeues itself, until the run ends at exactly its budget."""
     # about 65 s of training here (2 envs x 128 steps an iteration), more than the 30 s an allocation gives it at most
-    job = submit(workdir, slurm, "--scripts", "ppo", "--games", "Breakout", "--variants", "tanh", "--seeds", "1",
-                 "--total-timesteps", "12288", "--slurm-time", "1", "--slurm-grace", "30", "--", "--num-envs", "2", "--num-steps", "128",
-                 "--num-minibatches", "2", "--update-epochs", "1", "--metrics-interval", "0")
+    job = submit(
+        workdir,
+        slurm,
+        "--scripts",
+        "ppo",
+        "--games",
+        "Breakout",
+        "--variants",
+        "tanh",
+        "--seeds",
+        "1",
+        "--total-timesteps",
+        "12288",
+        "--slurm-time",
+        "1",
+        "--slurm-grace",
+        "30",
+        "--",
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "128",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--metrics-interval",
+        "0",
+    )
     wait_until(lambda: job_ended(slurm, job), slurm, job, 900, "the run over its allocations")
     text = assert_finished(workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__1", 12288)
     allocations = [line.split()[3] for line in text.splitlines() if line.startswith("# ")]
     starts = allocations.count("start")
-    assert allocations == ["start"] * starts + ["resume"] * (len(allocations) - starts) and len(allocations) > starts, allocations
+    assert allocations == ["start"] * starts + ["resume"] * (len(allocations) - starts) and len(allocations) > starts, (
+        allocations
+    )
     # A warning that comes while python loads torch, before the script handles signals, ends the run at once: that
     # allocation resumes nothing, and if it came before the first checkpoint the next one starts the run again.
     output = slurm_output(workdir)
