@@ -5,6 +5,7 @@ disk), starts and wall time counted in done.json, and the checks a checkpoint pa
 import json
 import re
 import shlex
+import shutil
 import signal
 import time
 
@@ -241,3 +242,16 @@ def test_a_checkpoint_is_checked_against_the_network_and_optimizer_before_anythi
     ):
         pqn.check_checkpoint(misfit_optimizer, "checkpoint.pt", wide_optimizer, state_dict=wide_network)
     assert torch.equal(pqn.rng_states()["torch"], before["torch"])
+
+
+def test_a_finished_runs_hints_work_as_printed(workdir):
+    """The same command on a finished run is one line: `give another --run-name, or remove the folder to train it again`.
+    Each, done as it says, trains a run to its end."""
+    args = [*SHORT[PQN], "--run-name", "finished"]
+    assert run_script(PQN, *args, cwd=workdir).returncode == 0
+    line = one_line_failure(run_script(PQN, *args, cwd=workdir))
+    assert line.endswith("holds a finished run (done.json): give another --run-name, or remove the folder to train it again")
+    assert run_script(PQN, *args, "--run-name", "another", cwd=workdir).returncode == 0  # another --run-name, as said
+    shutil.rmtree(workdir / "runs" / "finished")  # or the folder removed
+    assert run_script(PQN, *args, cwd=workdir).returncode == 0
+    assert all((workdir / "runs" / name / "done.json").exists() for name in ("finished", "another"))
