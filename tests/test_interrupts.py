@@ -12,45 +12,13 @@ import torch
 from conftest import ROOT, RESUMED, Background, interrupt, interrupted_line, read_config, read_scalars, run_script
 
 # runs long enough to be interrupted after their first iteration, the probe off
+ROLLOUT = (
+    "--num-envs 2 --num-steps 32 --total-timesteps 4096 --num-minibatches 2 --update-epochs 1 --metrics-interval 0".split()
+)  # PPO and PQN
 LONG = {
-    "ppo_atari_hadamard.py": [
-        "--num-envs",
-        "2",
-        "--num-steps",
-        "32",
-        "--total-timesteps",
-        "4096",
-        "--num-minibatches",
-        "2",
-        "--update-epochs",
-        "1",
-        "--metrics-interval",
-        "0",
-    ],
-    "pqn_atari_hadamard.py": [
-        "--num-envs",
-        "2",
-        "--num-steps",
-        "32",
-        "--total-timesteps",
-        "4096",
-        "--num-minibatches",
-        "2",
-        "--update-epochs",
-        "1",
-        "--metrics-interval",
-        "0",
-    ],
-    "dqn_atari_hadamard.py": [
-        "--total-timesteps",
-        "4000",
-        "--learning-starts",
-        "100",
-        "--buffer-size",
-        "500",
-        "--metrics-interval",
-        "0",
-    ],
+    "ppo_atari_hadamard.py": ROLLOUT,
+    "pqn_atari_hadamard.py": ROLLOUT,
+    "dqn_atari_hadamard.py": "--total-timesteps 4000 --learning-starts 100 --buffer-size 500 --metrics-interval 0".split(),
 }
 
 

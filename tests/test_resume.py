@@ -15,45 +15,13 @@ import torch
 from conftest import Background, interrupt, one_line_failure, run_script
 
 # short runs, interrupted after their first iteration (PPO, PQN) or step (DQN), the probe off
+ROLLOUT = (
+    "--num-envs 2 --num-steps 32 --total-timesteps 512 --num-minibatches 2 --update-epochs 1 --metrics-interval 0".split()
+)  # PPO and PQN
 SHORT = {
-    "ppo_atari_hadamard.py": [
-        "--num-envs",
-        "2",
-        "--num-steps",
-        "32",
-        "--total-timesteps",
-        "512",
-        "--num-minibatches",
-        "2",
-        "--update-epochs",
-        "1",
-        "--metrics-interval",
-        "0",
-    ],
-    "pqn_atari_hadamard.py": [
-        "--num-envs",
-        "2",
-        "--num-steps",
-        "32",
-        "--total-timesteps",
-        "512",
-        "--num-minibatches",
-        "2",
-        "--update-epochs",
-        "1",
-        "--metrics-interval",
-        "0",
-    ],
-    "dqn_atari_hadamard.py": [
-        "--total-timesteps",
-        "600",
-        "--learning-starts",
-        "100",
-        "--buffer-size",
-        "500",
-        "--metrics-interval",
-        "0",
-    ],
+    "ppo_atari_hadamard.py": ROLLOUT,
+    "pqn_atari_hadamard.py": ROLLOUT,
+    "dqn_atari_hadamard.py": "--total-timesteps 600 --learning-starts 100 --buffer-size 500 --metrics-interval 0".split(),
 }
 PQN = "pqn_atari_hadamard.py"
 
