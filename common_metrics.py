@@ -3,13 +3,20 @@
 Pure functions on torch tensors (CPU or CUDA input; singular values in float64), plus
 `probe`, which collects every hidden layer of a network with forward hooks and returns a flat
 `{tag: float}` dict ready for `SummaryWriter.add_scalar`. Each function's docstring gives its definition and
-reference (the README's "Representation metrics" has them in one table).
+reference (the README's "Representation metrics" has them in one table). `dormant_units` and `dead_units` give
+the per-unit masks that the fractions average (each rule is written once), for recycling units (ReDo) too.
 
 Conventions:
 - `features` is the uncentered `N x d` matrix of a layer's outputs (N states, d units).
 - `activations` is `N x units` or `N x C x H x W`; conv layers are scored per channel.
-- A Hadamard (HR) layer is any module with `branch_a` and `branch_b` submodules whose last child is
-  an activation module; its output is `act(z_a) * act(z_b)`.
+- An activation is named as in `ACTIVATIONS`: tanh, relu, sigmoid, gelu, swish (`nn.SiLU`, z * sigmoid(z)) and
+  identity (`nn.Identity`, a linear factor).
+- A two-branch layer (an HR layer or a gate) is any module with `branch_a` and `branch_b` submodules whose last
+  child is an activation module; its output is the product of the branches, `act_a(z_a) * act_b(z_b)`, z_a and
+  z_b the inputs of those last children. The gate family (`GATES`), all of one shape and parameter count:
+  hadamard `act(z_a) * act(z_b)` (Kooi et al., arXiv 2406.09079), glu `sigmoid(z_a) * z_b` (Dauphin et al. 2017),
+  swiglu `swish(z_a) * z_b` (Shazeer 2020) and bilinear `z_a * z_b` (Shazeer 2020). A linear factor's branch ends
+  in `nn.Identity`.
 """
 
 from __future__ import annotations
@@ -20,11 +27,21 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.GELU: "gelu"}
+ACTIVATIONS = {
+    nn.Tanh: "tanh",
+    nn.ReLU: "relu",
+    nn.Sigmoid: "sigmoid",
+    nn.GELU: "gelu",
+    nn.SiLU: "swish",
+    nn.Identity: "identity",
+}
 SATURATING = ("tanh", "sigmoid")
 SATURATION_THRESHOLD = 0.99
 SATURATION_LOW = 0.01  # sigmoid's lower bound, written out: 1.0 - 0.99 is 0.010000000000000009 in float64
-ZERO_FACTOR = 1e-6  # an HR factor below this is exactly zero (a dead ReLU): the other branch's gradient path is closed
+# a factor below this is exactly zero (a dead ReLU, a shut gate): the other branch's gradient path is closed
+ZERO_FACTOR = 1e-6
+# the two-branch gates; `gate_activations` gives their branches' activations
+GATES = ("hadamard", "glu", "swiglu", "bilinear")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -37,7 +54,7 @@ def _checked(x: torch.Tensor, name: str, dims: tuple[int, ...], float64: bool = 
         raise ValueError(f"{name} has zero rows (shape {tuple(x.shape)}); need at least one state")
     x = x.detach()
     # a sum propagates NaN and inf, so it is finite when every value is (only an overflowing sum of finite values
-    # needs the exact check); on a channels-last conv map it is over 10x cheaper than aminmax or isfinite(x).all()
+    # needs the exact check); on a channels-last conv map it is far cheaper than aminmax or isfinite(x).all()
     if x.numel() and not (torch.isfinite(x.sum()) or torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return x.to(torch.float64) if float64 else x
@@ -123,25 +140,42 @@ def _unit_dims(x: torch.Tensor) -> tuple[int, ...]:
     return (0,) if x.dim() == 2 else (0, 2, 3)
 
 
-def dormant_fraction(activations: torch.Tensor, tau: float = 0.025) -> float:
-    """Fraction of tau-dormant units of Sokar et al. 2023 ("The Dormant Neuron Phenomenon in Deep RL", ICML 2023).
+def dormant_units(activations: torch.Tensor, tau: float = 0.025) -> torch.Tensor:
+    """Boolean mask of the tau-dormant units of Sokar et al. 2023 ("The Dormant Neuron Phenomenon in Deep RL",
+    ICML 2023), the units ReDo recycles.
 
     score_i = E_x|a_i(x)| / (mean_j E_x|a_j(x)| + 1e-9); unit i is dormant when score_i <= tau
-    (tau = 0: exactly zero). For `N x C x H x W` maps a unit is a channel (mean over x and space).
+    (tau = 0: exactly zero). `activations` is a layer's output: for a two-branch layer (HR or gate), the product.
+    For `N x C x H x W` maps a unit is a channel (mean over x and space). Returns a `(units,)` bool tensor on the
+    input's device.
     """
-    return _dormant_fraction(_checked(activations, "activations", (2, 4)), tau)
+    return _dormant_units(_checked(activations, "activations", (2, 4)), tau)
 
 
-def _dormant_fraction(a: torch.Tensor, tau: float) -> float:
+def _dormant_units(a: torch.Tensor, tau: float) -> torch.Tensor:
     # a conv map's mean |a| per state and channel in its own dtype, then float64 (equal counts: the mean of those
-    # means is the mean over states and positions); a float64 reduction of 1024 x 32 x 20 x 20 costs 25x more
+    # means is the mean over states and positions); a float64 reduction of the whole map costs many times more
     per_unit = (a.abs().mean(dim=(2, 3)) if a.dim() == 4 else a.abs()).double().mean(dim=0)
     score = per_unit / (per_unit.mean() + 1e-9)
-    return (score <= tau).double().mean().item()
+    return score <= tau
+
+
+def dormant_fraction(activations: torch.Tensor, tau: float = 0.025) -> float:
+    """Fraction of tau-dormant units of Sokar et al. 2023: the mean of `dormant_units(activations, tau)`."""
+    return _fraction(dormant_units(activations, tau))
+
+
+def _fraction(mask: torch.Tensor) -> float:
+    return mask.double().mean().item()
 
 
 def activation_derivative(pre_activation: torch.Tensor, activation: str) -> torch.Tensor:
-    """act'(z) for tanh (1 - tanh^2), sigmoid (s(1 - s)), relu (1 where z > 0) and exact gelu (Phi(z) + z phi(z))."""
+    """act'(z) of each activation of `ACTIVATIONS`:
+
+    tanh 1 - tanh(z)^2; sigmoid s(z)(1 - s(z)); relu 1 where z > 0, else 0; exact gelu Phi(z) + z phi(z)
+    (Hendrycks & Gimpel 2016); swish = SiLU, z s(z): s(z)(1 + z(1 - s(z))) (Ramachandran et al. 2017, "Searching
+    for Activation Functions"; Elfwing et al. 2018); identity 1.
+    """
     z = pre_activation
     if activation == "tanh":
         return 1.0 - torch.tanh(z) ** 2
@@ -152,11 +186,108 @@ def activation_derivative(pre_activation: torch.Tensor, activation: str) -> torc
         return (z > 0).to(z.dtype)
     if activation == "gelu":
         return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0))) + z * torch.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
+    if activation == "swish":
+        s = torch.sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+    if activation == "identity":
+        return torch.ones_like(z)
     raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS.values())}")
 
 
 def _activation(z: torch.Tensor, activation: str) -> torch.Tensor:
-    return {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu, "gelu": nn.functional.gelu}[activation](z)
+    functions = {
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "relu": torch.relu,
+        "gelu": nn.functional.gelu,
+        "swish": nn.functional.silu,
+        "identity": lambda x: x,
+    }
+    if activation not in functions:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS.values())}")
+    return functions[activation](z)
+
+
+def gate_activations(gate: str, activation: str = "tanh") -> tuple[str, str]:
+    """The activations of branch a and branch b of a two-branch gate, the layer's output being
+    act_a(W_a z + b_a) * act_b(W_b z + b_b):
+
+    hadamard (Kooi et al., arXiv 2406.09079): (activation, activation);
+    glu (Dauphin et al. 2017, "Language Modeling with Gated Convolutional Networks"): ("sigmoid", "identity");
+    swiglu (Shazeer 2020, "GLU Variants Improve Transformer"): ("swish", "identity");
+    bilinear (Shazeer 2020): ("identity", "identity").
+    """
+    if gate == "hadamard":
+        if activation not in ACTIVATIONS.values():
+            raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS.values())}")
+        return activation, activation
+    pairs = {"glu": ("sigmoid", "identity"), "swiglu": ("swish", "identity"), "bilinear": ("identity", "identity")}
+    if gate not in pairs:
+        raise ValueError(f"unknown gate {gate!r}; expected one of {GATES}")
+    return pairs[gate]
+
+
+def _derivative_below(z: torch.Tensor, activation: str, eps_grad: float) -> torch.Tensor:
+    """Where |act'(z)| < eps_grad: a factor's own gradient path is closed. identity' = 1 needs no tensor."""
+    if activation == "identity":
+        return torch.tensor(1.0 < eps_grad, device=z.device).expand(z.shape)
+    return activation_derivative(z, activation).abs() < eps_grad
+
+
+def dead_units(
+    pre_activation: torch.Tensor,
+    activation: str = "tanh",
+    eps_grad: float = 0.02,
+    pre_activation_b: torch.Tensor | None = None,
+    activation_b: str | None = None,
+) -> torch.Tensor:
+    """Boolean mask of the units through which no gradient flows on any probe state (`(units,)`, on the input's
+    device; a conv map's unit is a channel: every state and every position).
+
+    Plain unit a = act(z): dead when |act'(z)| < eps_grad on every state. Per activation, at eps_grad = 0.02:
+      tanh     1 - tanh(z)^2 < eps, i.e. |a| > sqrt(1 - eps) = 0.98995 (not 0.99), |z| > 2.644;
+      sigmoid  s(1 - s) < eps, i.e. a < (1 - sqrt(1 - 4 eps)) / 2 = 0.0204 or a > 0.9796, |z| > 3.871;
+      relu     output 0 (z <= 0), for any 0 < eps_grad <= 1;
+      gelu     |Phi(z) + z phi(z)| < eps: z < -2.79, and the band -0.80 < z < -0.71 around gelu's minimum;
+      swish    |s(z)(1 + z(1 - s(z)))| < eps: z < -5.38, and the band -1.377 < z < -1.192 around swish's minimum;
+      identity 1 < eps: never for eps_grad <= 1 (a linear factor is never dead by itself).
+    Saturated tanh units turn their outgoing weights into a fixed bias (Kooi et al., arXiv 2406.09079).
+
+    Two-branch unit h = f_a(z_a) * f_b(z_b) (give `pre_activation_b`; `activation_b` defaults to `activation`):
+    HR (f_a = f_b = act), glu (sigmoid, identity; Dauphin et al. 2017), swiglu (swish, identity; Shazeer 2020) and
+    bilinear (identity, identity; Shazeer 2020). It has two gradient paths, dh/dz_a = f_a'(z_a) f_b(z_b) and
+    dh/dz_b = f_a(z_a) f_b'(z_b). The path through a is closed on a state when |f_a'(z_a)| < eps_grad (the rule above)
+    or |f_b(z_b)| < 1e-6 (an exactly-zero factor: a dead ReLU, a shut sigmoid gate, a zero linear factor); likewise
+    the path through b. The unit is dead when both paths are closed on every state. A linear factor's own path closes
+    only through the other factor (for eps_grad <= 1). So, on every state: tanh HR is dead only when both branches
+    saturate or both are 0 (the 0 * 0 saddle), ReLU HR when either factor is 0; glu only when its gate is shut,
+    sigmoid(z_a) < 1e-6 (z_a < -13.8; a gate saturated low at 1e-6 <= s < 0.0204 still passes s * dL/dh to its
+    linear branch, whatever z_b); swiglu only when swish(z_a) is zero, |swish(z_a)| < 1e-6: z_a < -16.6, or z_a = 0
+    together with z_b = 0 (swish'(0) = 1/2: the saddle); bilinear only when both factors are 0 (one zero factor
+    leaves the path through it open: dh/dz_b = z_a). Two small, nonzero factors are alive: their gradient is small,
+    not zero (thresholding the product act'(z_a) * b would read a small-scale initialisation as dead).
+    """
+    if pre_activation_b is None:
+        if activation_b is not None:
+            raise ValueError("activation_b needs pre_activation_b (a two-branch layer)")
+        if activation == "relu":
+            # relu' is 1 where z > 0, else 0 (exactly): no float64 copy of a large conv map is needed
+            z = _checked(pre_activation, "pre_activation", (2, 4), float64=False)
+            if not 0.0 < eps_grad or 1.0 < eps_grad:
+                return torch.full((z.shape[1],), 1.0 < eps_grad, dtype=torch.bool, device=z.device)
+            return z.amax(dim=_unit_dims(z)) <= 0
+        za = _checked(pre_activation, "pre_activation", (2, 4))
+        blocked = _derivative_below(za, activation, eps_grad)
+    else:
+        activation_b = activation if activation_b is None else activation_b
+        za = _checked(pre_activation, "pre_activation", (2, 4))
+        zb = _checked(pre_activation_b, "pre_activation_b", (2, 4))
+        if zb.shape != za.shape:
+            raise ValueError(f"the two branches differ in shape: {tuple(za.shape)} vs {tuple(zb.shape)}")
+        closed_a = _derivative_below(za, activation, eps_grad) | (_activation(zb, activation_b).abs() < ZERO_FACTOR)
+        closed_b = _derivative_below(zb, activation_b, eps_grad) | (_activation(za, activation).abs() < ZERO_FACTOR)
+        blocked = closed_a & closed_b
+    return blocked.all(dim=_unit_dims(blocked))
 
 
 def dead_fraction(
@@ -164,54 +295,38 @@ def dead_fraction(
     activation: str = "tanh",
     eps_grad: float = 0.02,
     pre_activation_b: torch.Tensor | None = None,
+    activation_b: str | None = None,
 ) -> float:
-    """Fraction of units through which no gradient flows on any probe state.
-
-    Plain unit a = act(z): dead when |act'(z)| < eps_grad on every state (tanh: 1 - a^2 < eps, i.e.
-    |a| > sqrt(1 - eps) = 0.98995 at eps = 0.02, not 0.99; relu: output 0 on every state).
-    HR unit h = a * b, a = act(z_a), b = act(z_b) (give `pre_activation_b`) has two gradient paths.
-    The path through branch a is closed on a state when |act'(z_a)| < eps_grad or |b| < 1e-6 (a factor
-    that is exactly zero, e.g. a dead ReLU); likewise the path through b. The unit is dead when both paths
-    are closed on every state: tanh HR only when both branches saturate, ReLU HR when either factor is
-    always 0. Two small, unsaturated factors are alive: their gradient is small, not zero (thresholding
-    the product act'(z_a) * b would read a small-scale initialisation as dead).
-    Conv maps (`N x C x H x W`) are scored per channel: every state and every position.
-    Saturated tanh units turn their outgoing weights into a fixed bias (Kooi et al., arXiv 2406.09079).
-    """
-    if pre_activation_b is None and activation == "relu":
-        # relu' is 1 where z > 0, else 0 (exactly): no float64 copy of a large conv map is needed
-        z = _checked(pre_activation, "pre_activation", (2, 4), float64=False)
-        if not 0.0 < eps_grad:
-            return 0.0
-        if 1.0 < eps_grad:
-            return 1.0
-        return (z.amax(dim=_unit_dims(z)) <= 0).double().mean().item()
-    za = _checked(pre_activation, "pre_activation", (2, 4))
-    if pre_activation_b is None:
-        blocked = activation_derivative(za, activation).abs() < eps_grad
-    else:
-        zb = _checked(pre_activation_b, "pre_activation_b", (2, 4))
-        if zb.shape != za.shape:
-            raise ValueError(f"HR branches differ in shape: {tuple(za.shape)} vs {tuple(zb.shape)}")
-        closed_a = (activation_derivative(za, activation).abs() < eps_grad) | (_activation(zb, activation).abs() < ZERO_FACTOR)
-        closed_b = (activation_derivative(zb, activation).abs() < eps_grad) | (_activation(za, activation).abs() < ZERO_FACTOR)
-        blocked = closed_a & closed_b
-    return blocked.all(dim=_unit_dims(blocked)).double().mean().item()
+    """Fraction of units through which no gradient flows on any probe state: the mean of `dead_units` (its
+    docstring has the rule for plain units, HR and the gates)."""
+    return _fraction(dead_units(pre_activation, activation, eps_grad, pre_activation_b, activation_b))
 
 
-def saturation_fraction(activations: torch.Tensor, activation: str = "tanh") -> float:
-    """Fraction of units saturated on every probe state: tanh |a| > 0.99; sigmoid a < 0.01 or a > 0.99.
+def saturated_units(activations: torch.Tensor, activation: str = "tanh") -> torch.Tensor:
+    """Boolean mask of the units saturated on every probe state: tanh |a| > 0.99; sigmoid a < 0.01 or a > 0.99
+    (`(units,)`, on the input's device; a conv map's unit is a channel).
 
-    For an HR layer, call it on each branch's activations. Defined for saturating activations only.
+    Defined for saturating activations only (`SATURATING`): relu, gelu, swish and identity raise. For a two-branch
+    layer, call it on each saturating branch's activations (HR tanh: both; glu: the sigmoid gate; swiglu and
+    bilinear: none).
     """
     if activation not in SATURATING:
-        raise ValueError(f"saturation_fraction is defined for {SATURATING}, not {activation!r}")
+        raise ValueError(f"saturation is defined for {SATURATING}, not {activation!r}")
     a = _checked(activations, "activations", (2, 4))
     if activation == "tanh":
         saturated = a.abs() > SATURATION_THRESHOLD
     else:
         saturated = (a < SATURATION_LOW) | (a > SATURATION_THRESHOLD)
-    return saturated.all(dim=_unit_dims(saturated)).double().mean().item()
+    return saturated.all(dim=_unit_dims(saturated))
+
+
+def saturation_fraction(activations: torch.Tensor, activation: str = "tanh") -> float:
+    """Fraction of units saturated on every probe state: the mean of `saturated_units` (tanh |a| > 0.99; sigmoid
+    a < 0.01 or a > 0.99).
+
+    For a two-branch layer, call it on each saturating branch's activations. Defined for saturating activations only.
+    """
+    return _fraction(saturated_units(activations, activation))
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -226,8 +341,14 @@ def activation_name(module: nn.Module) -> str:
 
 
 def is_hadamard(module: nn.Module) -> bool:
-    """An HR layer: a module with `branch_a` and `branch_b`, each ending in an activation module."""
+    """A two-branch layer (HR or a gate): a module with `branch_a` and `branch_b`, each ending in an activation module
+    (`nn.Identity` for a linear factor)."""
     return hasattr(module, "branch_a") and hasattr(module, "branch_b")
+
+
+def branch_activations(module: nn.Module) -> tuple[str, str]:
+    """The activations ending branch a and branch b of a two-branch layer, e.g. ("sigmoid", "identity") for a GLU."""
+    return activation_name(module.branch_a[-1]), activation_name(module.branch_b[-1])
 
 
 def layer_metrics(
@@ -239,12 +360,19 @@ def layer_metrics(
     eps_grad: float = 0.02,
     tau: float = 0.025,
     delta: float = 0.01,
+    *,
+    activation_b: str | None = None,
 ) -> dict[str, float]:
     """Every metric of one hidden layer. `output` is `N x d` or `N x C x H x W`.
 
-    For an HR layer give `branch_a` and `branch_b` as (pre_activation, activation) pairs; then
-    `pre_activation` is ignored. Rank metrics of a conv map use its per-channel spatial mean (`N x C`,
-    averaged in the map's dtype, then float64), the unit that dormant and dead fractions score.
+    For a two-branch layer (HR or a gate) give `branch_a` and `branch_b` as (pre_activation, activation) pairs, and
+    `activation_b` when branch b's activation differs from `activation` (branch a's); then `pre_activation` is
+    ignored. Its ranks and `dormant_fraction` score the product `output`, `dead_fraction` the product's units by
+    `dead_units`' two-path rule, `dead_fraction_a` and `_b` each branch's units as plain units (a linear branch: 0).
+    Saturation is scored on the saturating branches only (tanh, sigmoid): `saturation_fraction_a` and/or `_b`, and
+    `saturation_fraction` their mean (HR tanh: both branches; glu: its sigmoid gate; swiglu, bilinear and ReLU HR:
+    none). Rank metrics of a conv map use its per-channel spatial mean (`N x C`, averaged in the map's dtype, then
+    float64), the unit that dormant and dead fractions score.
     """
     # a conv map stays in its own dtype (a float64 copy of 1024 x 32 x 20 x 20 costs more than all the metrics):
     # its per-state channel means are taken in that dtype, then everything is float64
@@ -257,21 +385,26 @@ def layer_metrics(
         "feature_rank": float(_feature_rank(s, features.shape[0], 0.01)),
         "stable_rank": _stable_rank(s),
         "feature_norm": features.norm(dim=1).mean().item(),
-        "dormant_fraction": _dormant_fraction(output, tau),
+        "dormant_fraction": _fraction(_dormant_units(output, tau)),
     }
     if branch_a is None:
+        if activation_b is not None:
+            raise ValueError("activation_b needs branch_a and branch_b (a two-branch layer)")
         metrics["dead_fraction"] = dead_fraction(pre_activation, activation, eps_grad)
         if activation in SATURATING:
             metrics["saturation_fraction"] = saturation_fraction(output, activation)
         return metrics
-    metrics["dead_fraction"] = dead_fraction(branch_a[0], activation, eps_grad, pre_activation_b=branch_b[0])
-    for suffix, (pre, out) in (("a", branch_a), ("b", branch_b)):
+    activation_b = activation if activation_b is None else activation_b
+    metrics["dead_fraction"] = dead_fraction(branch_a[0], activation, eps_grad, branch_b[0], activation_b)
+    saturations = []
+    for suffix, (pre, out), act in (("a", branch_a, activation), ("b", branch_b, activation_b)):
         # A branch's units die like plain units; the product survives while the other branch passes gradient.
-        metrics[f"dead_fraction_{suffix}"] = dead_fraction(pre, activation, eps_grad)
-        if activation in SATURATING:
-            metrics[f"saturation_fraction_{suffix}"] = saturation_fraction(out, activation)
-    if activation in SATURATING:
-        metrics["saturation_fraction"] = (metrics["saturation_fraction_a"] + metrics["saturation_fraction_b"]) / 2
+        metrics[f"dead_fraction_{suffix}"] = dead_fraction(pre, act, eps_grad)
+        if act in SATURATING:
+            metrics[f"saturation_fraction_{suffix}"] = saturation_fraction(out, act)
+            saturations.append(metrics[f"saturation_fraction_{suffix}"])
+    if saturations:
+        metrics["saturation_fraction"] = sum(saturations) / len(saturations)
     return metrics
 
 
@@ -288,21 +421,27 @@ def probe(
 ) -> dict[str, float]:
     """Representation metrics of every hidden layer of `model` on the probe batch `obs`.
 
-    `layers` maps a layer name to its activation module (a plain layer) or to its HR module
-    (`branch_a`, `branch_b`); `forward(obs)` (default `model(obs)`) runs under `torch.no_grad()`
-    with forward hooks on those modules, over `chunk_size` states at a time (on 2 CPU cores one
-    forward of 1024 states took 1.6x as long as four of 256: the conv maps outgrow the cache); every
-    metric sees the whole batch. Returns `{"representation/<layer>/<metric>": value}` for every
-    layer and `{"representation/<metric>": value}` for the layer named `representation`,
-    ready for `SummaryWriter.add_scalar`.
+    `layers` maps a layer name to its activation module (a plain layer) or to its two-branch module (HR or a gate:
+    `branch_a`, `branch_b`, each ending in an activation module, `nn.Identity` for a linear factor); `forward(obs)`
+    (default `model(obs)`) runs under `torch.no_grad()` with forward hooks on those modules, over `chunk_size` states
+    at a time (smaller forwards are faster on CPU: the conv maps of 1024 states outgrow the cache); every metric sees
+    the whole batch. Returns `{"representation/<layer>/<metric>": value}` for every layer (the metrics of
+    `layer_metrics`) and `{"representation/<metric>": value}` for the layer named `representation`, ready for
+    `SummaryWriter.add_scalar`.
     """
     if representation not in layers:
         raise ValueError(f"representation layer {representation!r} is not among the probed layers {list(layers)}")
+    # each layer's activation(s), before any forward: an unsupported module fails at once
+    activations = {
+        name: branch_activations(module) if is_hadamard(module) else (activation_name(module),)
+        for name, module in layers.items()
+    }
     chunks: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def capture(key):
         def hook(module, inputs, output):
-            chunks.setdefault(key, []).append((inputs[0].detach(), output.detach()))
+            pre = inputs[0].detach()
+            chunks.setdefault(key, []).append((pre, pre if output is inputs[0] else output.detach()))
 
         return hook
 
@@ -322,21 +461,30 @@ def probe(
         for handle in hooks:
             handle.remove()
         model.train(was_training)
-    # (pre-activation, output) of each hooked module over the whole batch
-    captured = {key: tuple(torch.cat(parts) for parts in zip(*pairs)) for key, pairs in chunks.items()}
+    # (pre-activation, output) of each hooked module over the whole batch; an identity's output is its input (one copy)
+    captured = {}
+    for key, pairs in chunks.items():
+        pre = torch.cat([p for p, _ in pairs])
+        captured[key] = (pre, pre if all(p is o for p, o in pairs) else torch.cat([o for _, o in pairs]))
 
     tags = {}
     for name, module in layers.items():
         pre_activation, output = captured[(name, "out")]
         if is_hadamard(module):
-            activation = activation_name(module.branch_a[-1])
-            if activation_name(module.branch_b[-1]) != activation:
-                raise ValueError(f"HR layer {name!r} mixes activations; both branches must use the same one")
+            activation, activation_b = activations[name]
             metrics = layer_metrics(
-                output, None, activation, captured[(name, "a")], captured[(name, "b")], eps_grad, tau, delta
+                output,
+                None,
+                activation,
+                captured[(name, "a")],
+                captured[(name, "b")],
+                eps_grad,
+                tau,
+                delta,
+                activation_b=activation_b,
             )
         else:
-            metrics = layer_metrics(output, pre_activation, activation_name(module), eps_grad=eps_grad, tau=tau, delta=delta)
+            metrics = layer_metrics(output, pre_activation, activations[name][0], eps_grad=eps_grad, tau=tau, delta=delta)
         for metric, value in metrics.items():
             tags[f"representation/{name}/{metric}"] = value
             if name == representation:
