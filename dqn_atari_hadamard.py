@@ -1,6 +1,13 @@
-# DQN on Atari with a Hadamard representation (Kooi et al., arXiv 2406.09079), after CleanRL's dqn_atari.py,
-# with a replay buffer that stores each 84x84 frame once (about 7 GB for 1M transitions instead of 26 GiB).
-# Usage: python dqn_atari_hadamard.py --env-id BreakoutNoFrameskip-v4 --hadamard
+"""DQN on Atari with a Hadamard representation (Kooi et al., arXiv 2406.09079), after CleanRL's dqn_atari.py, with a
+replay buffer that stores each 84x84 frame once (7.07 GB for 1M transitions instead of 26.3 GiB).
+
+Trains on one Atari game (ale-py's vector env) and writes runs/<run_name>/: TensorBoard logs of the returns, losses and
+representation metrics, config.json, a checkpoint (Ctrl-C stops with one; the same command resumes) and done.json.
+A short run to try, with the Hadamard representation (then: tensorboard --logdir runs):
+
+    python dqn_atari_hadamard.py --hadamard --total-timesteps 10000 --learning-starts 1000 --run-name smoke
+"""
+
 import contextlib
 import difflib
 import fcntl
@@ -38,95 +45,102 @@ import common_metrics
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
+    """the experiment's name: part of the default run name, and the model file's name (`<exp_name>.pt`)"""
     seed: int = 1
-    """seed of the experiment"""
+    """the seed of python's, numpy's and torch's random generators and of the envs"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """make cuDNN choose deterministic algorithms (`torch.backends.cudnn.deterministic`)"""
     cuda: bool = True
-    """if toggled, cuda will be used when available"""
+    """run on the GPU when there is one"""
     track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
+    """log to Weights & Biases too (WANDB_MODE=offline works without a network); a resumed run goes on in its W&B run"""
     wandb_project_name: str = "hadamard-atari"
-    """the wandb's project name"""
+    """the W&B project that --track logs to"""
     wandb_entity: Optional[str] = None
-    """the entity (team) of wandb's project"""
+    """the W&B user or team that --track logs as (None: W&B's default entity)"""
     capture_video: bool = False
-    """whether to record videos of the evaluation episodes to `videos/<run_name>/`"""
+    """evaluate after training and record the evaluation's games to `videos/<run_name>/`"""
     save_model: bool = False
-    """whether to save the model to `runs/<run_name>/` and then evaluate it"""
+    """after training, save the network to `runs/<run_name>/<exp_name>.pt`, then evaluate it (--eval-model saves nothing)"""
     eval_episodes: int = 10
-    """the number of whole games played by the evaluation after training"""
+    """the number of whole games an evaluation plays (after training with --save-model or --capture-video, or --eval-model)"""
+    eval_epsilon: float = 0.05
+    """the evaluation's epsilon: a random action with this probability, otherwise the greedy one"""
     eval_model: Optional[str] = None
-    """skip training: load this model file and evaluate it"""
+    """evaluate this model file (`<exp_name>.pt` from --save-model, or a run's `checkpoint.pt`) instead of training"""
     run_name: Optional[str] = None
-    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`); the same name resumes it"""
-    # 2M, not PPO's 500k: with the 7 GB buffer a checkpoint took 22 s here (benchmarks/bench_checkpoint.py), 0.5% of 2M
-    # steps at the H200's 430 steps per second
+    """the run's folder under runs/ (None: `<env_id>__<exp_name>__<seed>__<unix time>`); the same name resumes the run"""
+    # 2M, not 500k as PPO's and PQN's: a checkpoint with the full replay buffer (7 GB) is slow to write
+    # (benchmarks/README.md has what it costs)
     checkpoint_interval: int = 2_000_000
-    """write `runs/<run_name>/checkpoint.pt` every this many environment steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
+    """write `runs/<run_name>/checkpoint.pt` every this many env steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
     keep_checkpoint: bool = False
-    """keep the checkpoint of a finished run (by default it is removed once done.json is written), to extend the run later"""
+    """keep a finished run's checkpoint (otherwise removed once done.json is written), to extend the run later"""
     checkpoint_buffer: bool = True
-    """checkpoints hold the replay buffer (7 GB at 1M transitions); else resuming refills it for --learning-starts steps"""
+    """put the replay buffer in checkpoints (7 GB at 1M transitions); else a resumed run refills it for --learning-starts"""
 
     # Environment
     env_id: str = "BreakoutNoFrameskip-v4"
-    """the id of the environment: `BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5`"""
+    """the game: `<Game>NoFrameskip-v4`, `ALE/<Game>-v5` (sticky actions 0.25) or `<Game>-v5`, e.g. `PongNoFrameskip-v4`"""
     repeat_action_probability: Optional[float] = None
-    """sticky actions (default: 0.25 for `ALE/...-v5` ids, 0.0 otherwise)"""
+    """sticky actions: the chance that the emulator repeats the previous action (None: 0.25 for `ALE/` ids, else 0)"""
     env_threads: int = 0
-    """the number of C++ threads stepping the envs (0: one per env, up to the cores)"""
+    """the C++ threads that step the envs (0: one per env, up to the number of cores)"""
     fire_on_life_loss: bool = True
-    """press FIRE on the step after a life loss in games that have it, as CleanRL's FireResetEnv (the step enters no loss)"""
+    """press FIRE on the step after a life loss in games that have it, as CleanRL's wrappers do (that step enters no loss)"""
 
     # Representation
     activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
-    """the activation of the representation layer"""
+    """the activation of the representation, the last hidden layer (the conv layers keep ReLU)"""
     hadamard: bool = False
-    """make the representation the element-wise product of two independent layers"""
+    """the Hadamard representation: act(W_a z + b_a) * act(W_b z + b_b), the product of two independent layers"""
     param_matched: bool = False
-    """widen the plain representation to the parameter count of the Hadamard network"""
+    """widen the plain representation to the Hadamard network's parameter count (HR's baseline of equal size)"""
     metrics_interval: int = 50_000
-    """log representation metrics every this many environment steps (0: never)"""
+    """log the representation metrics (ranks, dead, dormant and saturated units) every this many env steps (0: never)"""
     metrics_batch_size: int = 1024
-    """the number of most recent replay-buffer states the representation metrics are computed on"""
+    """the number of the replay buffer's most recent states the metrics are computed on"""
 
     # Algorithm specific arguments
     total_timesteps: int = 10_000_000
-    """total timesteps of the experiments"""
+    """the training budget in env steps, summed over the envs (an env step is 4 frames)"""
     learning_rate: float = 1e-4
-    """the learning rate of the optimizer"""
+    """the optimizer's learning rate"""
     num_envs: int = 1
-    """the number of parallel game environments"""
+    """the number of games played in parallel (one vector env)"""
     buffer_size: int = 1_000_000
-    """the replay memory buffer size"""
+    """the transitions the replay buffer holds (7,070 bytes each)"""
     gamma: float = 0.99
-    """the discount factor gamma"""
+    """the discount factor"""
     tau: float = 1.0
-    """the target network update rate"""
+    """the target network's update rate (1: a copy of the Q-network)"""
     target_network_frequency: int = 1000
-    """the timesteps it takes to update the target network"""
+    """update the target network every this many env steps"""
     batch_size: int = 32
-    """the batch size of sample from the reply memory"""
+    """the transitions in each replay batch"""
     start_e: float = 1
-    """the starting epsilon for exploration"""
+    """exploration's epsilon at the start"""
     end_e: float = 0.01
-    """the ending epsilon for exploration (also the evaluation's epsilon)"""
+    """exploration's epsilon at the end of its decay, and from then on"""
     exploration_fraction: float = 0.10
-    """the fraction of `total-timesteps` it takes from start-e to go end-e"""
+    """the fraction of --total-timesteps over which epsilon decays linearly from --start-e to --end-e"""
     learning_starts: int = 80000
-    """timestep to start learning"""
+    """the env steps played before training starts (they fill the replay buffer)"""
     train_frequency: int = 4
-    """the frequency of training"""
+    """train on one replay batch every this many env steps"""
     compile: bool = False
-    """compile the TD loss with torch.compile (about 10% faster updates on CPU after a start-up of tens of seconds)"""
+    """compile the TD loss with torch.compile; the start takes longer"""
 
 
 # the Args fields the script computes: config.json holds them, but they are not flags (DQN computes none)
 COMPUTED = set()
+ALGORITHM = "dqn"  # config.json's, model files' and checkpoints' name of the algorithm
+SCRIPT = os.path.basename(__file__)
+# the flags a model file fixes: --eval-model takes them from the file
+MODEL_FLAGS = ("env_id", "activation", "hadamard", "param_matched")
 
 
+# ----------------------------------------------------------------------------- run setup
 def duration(seconds: float) -> str:
     """`h:mm:ss` for the progress line."""
     seconds = int(seconds)
@@ -142,12 +156,12 @@ def parse_args() -> Args:
     """The flags. A flag that tyro rejects (unknown, a bad choice or type, a missing value) is one line on stderr with tyro's
     message and exit 2, not tyro's box of several lines; --help prints to stdout as tyro does."""
     if {"-h", "--help"} & set(sys.argv[1:]):
-        return tyro.cli(Args)
+        return tyro.cli(Args, description=__doc__)
     box, columns = io.StringIO(), os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100000"  # tyro's box as wide as its text: no line of its message is wrapped
     try:
         with contextlib.redirect_stderr(box):
-            args = tyro.cli(Args)
+            args = tyro.cli(Args, description=__doc__)
         sys.stderr.write(box.getvalue())  # tyro's warnings, if any
         return args
     except SystemExit as exc:
@@ -180,6 +194,56 @@ def parse_args() -> Args:
     sys.exit(2)
 
 
+def check_args(args: Args):
+    """Settings that cannot work together stop here, before anything is written."""
+    for name in ("run_name", "exp_name"):  # a folder under runs/ (the default run name and the model file hold exp_name)
+        value = getattr(args, name)
+        if value is not None and (value in ("", ".", "..") or "/" in value or len(value.encode()) > 255):
+            fail(f"--{name.replace('_', '-')} {value!r} is not one folder name (no '/', not '.' or '..', 255 bytes at most)")
+    if not 0 <= args.seed < 2**31:
+        fail(f"--seed must be in [0, 2**31 - 1] (the emulator's seeds), got {args.seed}")
+    for name, value in asdict(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    for name in ("num_envs", "total_timesteps", "metrics_batch_size"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("metrics_interval", "env_threads", "eval_episodes", "checkpoint_interval"):
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
+    if args.eval_model is not None and args.eval_episodes == 0:
+        fail("--eval-model needs --eval-episodes of at least 1")
+    if args.capture_video and args.eval_episodes == 0:
+        fail("--capture-video records the evaluation's games: it needs --eval-episodes of at least 1")
+    if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
+        fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
+    if args.hadamard and args.param_matched:
+        fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
+    # ALGO LOGIC: the algorithm's own flags
+    for name in ("buffer_size", "batch_size", "train_frequency", "target_network_frequency"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.learning_starts < 0:
+        fail(f"--learning-starts must be zero or positive, got {args.learning_starts}")
+    if args.learning_rate <= 0:
+        fail(f"--learning-rate must be positive, got {args.learning_rate}")
+    if not 0.0 < args.tau <= 1.0:
+        fail(f"--tau must be in (0, 1], got {args.tau}")
+    for name in ("gamma", "start_e", "end_e", "exploration_fraction", "eval_epsilon"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.start_e < args.end_e:  # linear_schedule would hold epsilon at --end-e from the first step
+        fail(f"--start-e {args.start_e} is below --end-e {args.end_e}: epsilon decays from --start-e to --end-e")
+    if args.buffer_size < args.batch_size:
+        fail(f"--buffer-size {args.buffer_size} is less than one --batch-size of {args.batch_size}")
+    if args.learning_starts >= args.total_timesteps and args.eval_model is None:
+        fail(
+            f"--learning-starts {args.learning_starts} is not below --total-timesteps {args.total_timesteps}: "
+            "the run would never learn"
+        )
+
+
+# ----------------------------------------------------------------------------- environment
 def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tuple[str, float]:
     """`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5` -> (ALE ROM id, sticky-action probability). Other ids of
     a game (gymnasium's `Breakout-v4` skips 2-4 frames at random) are errors: the envs here would not be what they name."""
@@ -208,7 +272,8 @@ def make_env(
 ) -> AtariVectorEnv:
     """Nature-DQN preprocessing in ale-py's C++ vector env: 30 noop starts, fire reset, frame skip 4 with
     max-pool, 84x84 grayscale, 4-frame stack. A life loss is `terminated` while the game goes on
-    (`life_loss_info`); rewards stay raw so that episodic returns are game scores. `kwargs` go to the env."""
+    (`life_loss_info`); rewards stay raw so that episodic returns are game scores. `kwargs` go to the env (tests shorten
+    games with `max_num_frames_per_episode`)."""
     return AtariVectorEnv(
         rom,
         num_envs,
@@ -235,8 +300,8 @@ class FireReset(gym.Wrapper):
 def make_eval_env(
     rom: str, repeat_action_probability: float, noop_max: int = 30, video_folder: Optional[str] = None
 ) -> gym.Env:
-    """One gymnasium env whose observations equal the vector env's, and that can render frames for
-    `--capture-video`; an episode is a whole game."""
+    """One gymnasium env whose observations equal the vector env's (tests/test_ppo.py checks it), and that can
+    render frames for `--capture-video`; an episode is a whole game."""
     env = AtariEnv(
         rom,
         frameskip=1,
@@ -473,7 +538,8 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": 
 
 
 class Hadamard(nn.Module):
-    """Hadamard representation: act(W_a z + b_a) * act(W_b z + b_b), two independently parameterised branches."""
+    """The Hadamard representation: branch_a(x) * branch_b(x), the element-wise product of two independently initialised
+    branches, each a layer through the activation."""
 
     def __init__(self, make_branch):
         super().__init__()
@@ -482,14 +548,6 @@ class Hadamard(nn.Module):
 
     def forward(self, x):
         return self.branch_a(x) * self.branch_b(x)
-
-
-def representation_width(hadamard: bool, param_matched: bool, num_actions: int, width: int = 512) -> int:
-    """512 units, or for `--param-matched` the plain width whose network has the HR network's parameter count.
-    Each representation unit carries 3136 + 1 input parameters per branch and num_actions Q-head weights."""
-    if not param_matched:
-        return width
-    return round(width * (2 * 3137 + num_actions) / (3137 + num_actions))
 
 
 class QNetwork(nn.Module):
@@ -506,13 +564,14 @@ class QNetwork(nn.Module):
             nn.ReLU(),
             nn.Flatten(),
         )
+        # channels-last: oneDNN's faster conv layout on CPU, the same math (benchmarks/README.md has the gain)
+        self.network.to(memory_format=torch.channels_last)
 
         def branch():
             return nn.Sequential(nn.Linear(64 * 7 * 7, width), ACTIVATIONS[activation]())
 
         self.representation = Hadamard(branch) if hadamard else branch()
         self.q = nn.Linear(width, num_actions)
-        self.network.to(memory_format=torch.channels_last)  # about 10% faster convolutions on CPU (oneDNN), same values
 
     def hidden_layers(self) -> dict[str, nn.Module]:
         """The modules common_metrics.probe hooks: each conv activation, and the representation."""
@@ -523,6 +582,25 @@ class QNetwork(nn.Module):
         return self.q(self.representation(self.network(x.float() / 255.0)))
 
 
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def representation_width(hadamard: bool, param_matched: bool, num_actions: int, width: int = 512) -> int:
+    """512 units, or for `--param-matched` the plain width whose network has the HR network's parameter count.
+    Each representation unit carries 3136 + 1 input parameters per branch and num_actions Q-head weights."""
+    if not param_matched:
+        return width
+    return round(width * (2 * 3137 + num_actions) / (3137 + num_actions))
+
+
+def variant_name(args) -> str:
+    """The variant's name in config.json and in the sweep's run names: the activation, then `_hr` (--hadamard) or `_pm`
+    (--param-matched)."""
+    return args.activation + ("_hr" if args.hadamard else "") + ("_pm" if args.param_matched else "")
+
+
+# ----------------------------------------------------------------------------- algorithm
 def linear_schedule(start_e: float, end_e: float, duration: float, t: int) -> float:
     if duration <= 0:
         return end_e
@@ -579,6 +657,17 @@ def make_optimizer(params, learning_rate: float):
 
 
 # ----------------------------------------------------------------------------- models and evaluation
+def model_state(args: Args, q_network: QNetwork, num_actions: int) -> dict:
+    """What a model file holds (`--save-model`, read by `--eval-model`); every checkpoint holds it too."""
+    return {
+        "algorithm": ALGORITHM,
+        "args": asdict(args),
+        "num_actions": num_actions,
+        "representation_width": q_network.q.in_features,
+        "state_dict": q_network.state_dict(),
+    }
+
+
 def load_model(path: str) -> dict:
     """A model file written by `--save-model` of this script (or a checkpoint of it), read with weights_only=True; anything
     else is a clear error."""
@@ -587,58 +676,46 @@ def load_model(path: str) -> dict:
     if not os.path.isfile(path):
         fail(f"model file not found: {path}")
     try:
-        # mmap: a checkpoint's replay buffer (7 GB at 1M transitions) is never read into memory
+        # mmap: what the network does not need is never read into memory (DQN's checkpoints hold a replay buffer of 7 GB)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         fail(f"cannot read model file {path}: not a PyTorch state file ({type(exc).__name__})")
-    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != "dqn" or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != ALGORITHM:
         found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        fail(f"model file {path} is not a DQN model of dqn_atari_hadamard.py (found {found!r})")
+        fail(f"model file {path} is not a {ALGORITHM.upper()} model of {SCRIPT} (found {found!r})")
     saved = checkpoint.get("args")
-    missing = [key for key in ("num_actions", "representation_width") if key not in checkpoint]
-    missing += [
-        f"args.{key}"
-        for key in ("env_id", "activation", "hadamard", "param_matched")
-        if not isinstance(saved, dict) or key not in saved
-    ]
+    missing = [key for key in ("num_actions", "representation_width", "state_dict") if key not in checkpoint]
+    missing += [f"args.{key}" for key in MODEL_FLAGS if not isinstance(saved, dict) or key not in saved]
     if missing:
-        fail(f"model file {path} lacks {', '.join(missing)}: not written by dqn_atari_hadamard.py --save-model")
+        fail(f"model file {path} lacks {', '.join(missing)}: not written by {SCRIPT} --save-model")
     return checkpoint
 
 
-def build_q_network(checkpoint: dict, device) -> QNetwork:
-    """The Q-network a checkpoint describes, with its weights; a shape mismatch is a clear error."""
-    saved = checkpoint["args"]
-    q_network = QNetwork(checkpoint["num_actions"], saved["activation"], saved["hadamard"], checkpoint["representation_width"])
+def build_network(checkpoint: dict, device) -> nn.Module:
+    """The network a model file describes, with its weights; a shape mismatch is a clear error."""
+    saved, width = checkpoint["args"], checkpoint["representation_width"]
+    network = QNetwork(checkpoint["num_actions"], saved["activation"], saved["hadamard"], width)
     try:
-        q_network.load_state_dict(checkpoint["state_dict"])
+        network.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
         fail(f"model file does not fit the network it describes: {str(exc).splitlines()[0]}")
-    return q_network.to(device)
+    return network.to(device)
 
 
 def evaluate(
-    q_network: QNetwork,
-    rom: str,
-    repeat_action_probability: float,
-    episodes: int,
-    epsilon: float,
-    seed: int,
-    device,
-    fire: Optional[int],
-    video_folder=None,
+    q_network: QNetwork, args: Args, rom: str, repeat_action_probability: float, device, fire: Optional[int], video_folder=None
 ):
-    """Play `episodes` whole games epsilon-greedily (CleanRL's DQN evaluation; FIRE forced after a life loss as in
-    training, `fire`); return their raw scores."""
+    """Play --eval-episodes whole games epsilon-greedily at --eval-epsilon (CleanRL's DQN evaluation; FIRE forced after a
+    life loss as in training, `fire`); return their raw scores."""
     env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
-    rng = np.random.default_rng(seed)  # the same model and seed play the same games, in training's run and in --eval-model's
+    rng = np.random.default_rng(args.seed)  # the same model and seed play the same games, in training and in --eval-model
     returns, episode_return = [], 0.0
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=args.seed)
     fire_on_life_loss = FireOnLifeLoss(fire, [info["lives"]])
     was_training = q_network.training
     q_network.eval()
-    while len(returns) < episodes:
-        if rng.random() < epsilon:
+    while len(returns) < args.eval_episodes:
+        if rng.random() < args.eval_epsilon:
             action = int(rng.integers(env.action_space.n))
         else:
             with torch.no_grad():
@@ -649,7 +726,7 @@ def evaluate(
         if terminated or truncated:
             returns.append(float(episode_return))
             episode_return = 0.0
-            if len(returns) < episodes:  # no trailing reset: it would start an empty video
+            if len(returns) < args.eval_episodes:  # no trailing reset: it would start an empty video
                 obs, info = env.reset()
                 fire_on_life_loss.step([info["lives"]])
     env.close()
@@ -657,82 +734,47 @@ def evaluate(
     return returns
 
 
-def check_args(args: Args):
-    """Settings that cannot work together stop here, before anything is written."""
-    for name in ("run_name", "exp_name"):  # a folder under runs/ (the default run name and the model file hold exp_name)
-        value = getattr(args, name)
-        if value is not None and (value in ("", ".", "..") or "/" in value or len(value.encode()) > 255):
-            fail(f"--{name.replace('_', '-')} {value!r} is not one folder name (no '/', not '.' or '..', 255 bytes at most)")
-    if not 0 <= args.seed < 2**31:
-        fail(f"--seed must be in [0, 2**31 - 1] (the emulator's seeds), got {args.seed}")
-    for name, value in asdict(args).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    for name in (
-        "num_envs",
-        "total_timesteps",
-        "buffer_size",
-        "batch_size",
-        "train_frequency",
-        "target_network_frequency",
-        "metrics_batch_size",
-    ):
-        if getattr(args, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("learning_starts", "eval_episodes", "env_threads", "metrics_interval", "checkpoint_interval"):
-        if getattr(args, name) < 0:
-            fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
-    if args.hadamard and args.param_matched:
-        fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
-    if args.learning_rate <= 0:
-        fail(f"--learning-rate must be positive, got {args.learning_rate}")
-    if not 0.0 < args.tau <= 1.0:
-        fail(f"--tau must be in (0, 1], got {args.tau}")
-    for name in ("gamma", "start_e", "end_e", "exploration_fraction"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    if args.start_e < args.end_e:  # linear_schedule would hold epsilon at --end-e from the first step
-        fail(f"--start-e {args.start_e} is below --end-e {args.end_e}: epsilon decays from --start-e to --end-e")
-    if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
-        fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
-    if args.eval_model is not None and args.eval_episodes == 0:
-        fail("--eval-model needs --eval-episodes of at least 1")
-    if args.capture_video and args.eval_episodes == 0:
-        fail("--capture-video records the evaluation's games: it needs --eval-episodes of at least 1")
-    if args.buffer_size < args.batch_size:
-        fail(f"--buffer-size {args.buffer_size} is less than one --batch-size of {args.batch_size}")
-    if args.learning_starts >= args.total_timesteps and args.eval_model is None:
-        fail(
-            f"--learning-starts {args.learning_starts} is not below --total-timesteps {args.total_timesteps}: "
-            "the run would never learn"
-        )
+# ----------------------------------------------------------------------------- what a checkpoint holds
+# what restore() and the resumed loop read from a checkpoint (checked before anything is written)
+RESUME_KEYS = {"args", "state_dict", "target_state_dict", "optimizer", "rng", "replay_rng", "exploration_rng"}
+RESUME_KEYS |= {"global_step", "learning_starts", "next_probe_step", "recent_returns", "elapsed", "resumes", "event_files"}
+
+
+def restore(
+    resume: dict,
+    q_network: QNetwork,
+    target_network: QNetwork,
+    optimizer: optim.Optimizer,
+    rb: FrameReplayBuffer,
+    rng: np.random.Generator,
+) -> bool:
+    """The networks, the optimizer, the replay buffer (when the checkpoint holds it) and every random generator as the
+    checkpoint holds them; returns whether the buffer was restored."""
+    q_network.load_state_dict(resume["state_dict"])
+    target_network.load_state_dict(resume["target_state_dict"])
+    optimizer.load_state_dict(resume["optimizer"])
+    if "replay_buffer" in resume:
+        rb.load_state_dict(resume["replay_buffer"])
+    rb.rng.bit_generator.state = resume["replay_rng"]
+    rng.bit_generator.state = resume["exploration_rng"]
+    set_rng_states(resume["rng"])
+    return "replay_buffer" in resume
 
 
 # ----------------------------------------------------------------------------- checkpoints and interrupts
 CHECKPOINT = "checkpoint.pt"
 STARTS = "starts.log"  # one line per start of the run; its lock keeps a second process out of the run folder
 # flags that may change when a run resumes: they change where and how it runs, not what it learns (--run-name is the folder
-# itself: a checkpoint of a run started without it holds None)
-RESUME_MAY_CHANGE = {
-    "cuda",
-    "track",
-    "wandb_project_name",
-    "wandb_entity",
-    "capture_video",
-    "save_model",
-    "eval_episodes",
-    "env_threads",
-    "checkpoint_interval",
-    "checkpoint_buffer",
-    "compile",
-    "keep_checkpoint",
-    "run_name",
-}
+# itself: a checkpoint of a run started without it holds None); a flag the script lacks is ignored
+RESUME_MAY_CHANGE = {"cuda", "env_threads", "compile", "track", "wandb_project_name", "wandb_entity", "run_name"}
+RESUME_MAY_CHANGE |= {"capture_video", "save_model", "eval_episodes", "eval_epsilon"}  # the evaluation after training
+RESUME_MAY_CHANGE |= {"checkpoint_interval", "keep_checkpoint", "checkpoint_buffer"}  # the checkpoints (DQN's buffer in them)
 
 
 class Interrupts:
     """SIGTERM and SIGUSR1 (what Slurm sends before a time limit or a preemption) and Ctrl-C ask the training loop to
-    stop at the end of the current step, write a checkpoint and exit. A second Ctrl-C exits at once (the last
+    stop at the end of the current iteration (PPO and PQN: a rollout and its update; DQN: one env step), write a
+    checkpoint and exit. A second Ctrl-C exits at once (the last
     checkpoint stays). Once `exit_line` is set (the evaluation after training, which has its checkpoint) any of them
     prints it and exits at once."""
 
@@ -910,7 +952,7 @@ def cut_events(run_dir: str, sizes: dict):
 
 def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
     """Before anything is written: the checkpoint to resume `run_dir` from (None: start it from step 0) and the run's
-    saved config.json ({} if none). One clear line when the run there is finished, is not a DQN training run, was
+    saved config.json ({} if none). One clear line when the run there is finished, is not a training run of this script, was
     started with other settings, or has a checkpoint that cannot be read (then nothing there is touched)."""
     if not os.path.isdir(run_dir):
         return None, {}
@@ -933,18 +975,18 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
                 "as it is: remove the file to train the run again from step 0"
             )
         if not isinstance(resume, dict) or not isinstance(resume.get("args"), dict):
-            fail(f"{path} is not a checkpoint of dqn_atari_hadamard.py; the run is left as it is")
+            fail(f"{path} is not a checkpoint of {SCRIPT}; the run is left as it is")
         saved = {**saved, **resume["args"], "algorithm": resume.get("algorithm")}
-    if saved and (saved.get("algorithm") != "dqn" or saved.get("eval_only")):
+    if saved and (saved.get("algorithm") != ALGORITHM or saved.get("eval_only")):
         what = "an --eval-model run" if saved.get("eval_only") else f"a {saved.get('algorithm')} run"
-        fail(f"{run_dir} holds {what}, not a training run of dqn_atari_hadamard.py: give another --run-name")
+        fail(f"{run_dir} holds {what}, not a training run of {SCRIPT}: give another --run-name")
     missing = sorted(RESUME_KEYS - resume.keys()) if resume is not None else []
     if missing:
-        fail(f"{path} is not a checkpoint of dqn_atari_hadamard.py (it lacks {', '.join(missing)}); the run is left as it is")
+        fail(f"{path} is not a checkpoint of {SCRIPT} (it lacks {', '.join(missing)}); the run is left as it is")
     differ = [
         f"--{key.replace('_', '-')} {saved[key]!r} (this command: {value!r})"
         for key, value in asdict(args).items()
-        if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value
+        if key in saved and key not in RESUME_MAY_CHANGE | COMPUTED and saved[key] != value
     ]
     if differ:
         fail(
@@ -986,64 +1028,14 @@ def env_seed(seed: int, global_step: int) -> int:
     return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 1)
 
 
-def model_state(args: Args, q_network: QNetwork, num_actions: int) -> dict:
-    """What a model file holds (`--save-model`, read by `--eval-model`); every checkpoint holds it too."""
-    return {
-        "algorithm": "dqn",
-        "args": asdict(args),
-        "num_actions": num_actions,
-        "representation_width": q_network.q.in_features,
-        "state_dict": q_network.state_dict(),
-    }
-
-
-# what restore() and the resumed loop read from a checkpoint (checked before anything is written)
-RESUME_KEYS = {
-    "args",
-    "state_dict",
-    "target_state_dict",
-    "optimizer",
-    "global_step",
-    "learning_starts",
-    "next_probe_step",
-    "recent_returns",
-    "elapsed",
-    "resumes",
-    "rng",
-    "replay_rng",
-    "exploration_rng",
-    "event_files",
-}
-
-
-def restore(
-    resume: dict,
-    q_network: QNetwork,
-    target_network: QNetwork,
-    optimizer: optim.Optimizer,
-    rb: FrameReplayBuffer,
-    rng: np.random.Generator,
-) -> bool:
-    """The networks, the optimizer, the replay buffer (when the checkpoint holds it) and every random generator as the
-    checkpoint holds them; returns whether the buffer was restored."""
-    q_network.load_state_dict(resume["state_dict"])
-    target_network.load_state_dict(resume["target_state_dict"])
-    optimizer.load_state_dict(resume["optimizer"])
-    if "replay_buffer" in resume:
-        rb.load_state_dict(resume["replay_buffer"])
-    rb.rng.bit_generator.state = resume["replay_rng"]
-    rng.bit_generator.state = resume["exploration_rng"]
-    set_rng_states(resume["rng"])
-    return "replay_buffer" in resume
-
-
 if __name__ == "__main__":
+    # ----------------------------------------------------------------------------- the run: flags, folder, seeding, envs
     args = parse_args()
-    interrupts = Interrupts()  # from here on a signal stops the run at the end of a step, with a checkpoint
+    interrupts = Interrupts()  # from here on a signal stops the run at the end of an iteration, with a checkpoint
     check_args(args)
     model_file = load_model(args.eval_model) if args.eval_model else None
     if model_file is not None:  # evaluate the saved model on the game and network it was trained with
-        for key in ("env_id", "activation", "hadamard", "param_matched"):
+        for key in MODEL_FLAGS:
             saved, flag = model_file["args"][key], "--" + key.replace("_", "-")
             if getattr(args, key) not in (getattr(Args, key), saved):  # a flag left at its default takes the model's value
                 trained = f"on {saved}" if key == "env_id" else f"with {flag} {saved}"
@@ -1058,7 +1050,7 @@ if __name__ == "__main__":
             import wandb
         except ImportError:
             fail("--track needs wandb: pip install wandb")
-    variant = args.activation + ("_hr" if args.hadamard else "") + ("_pm" if args.param_matched else "")
+    variant = variant_name(args)
     # one folder under runs/: ALE/Breakout-v5 runs are ALE-Breakout-v5__..., as benchmark.sh names them
     run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name)
@@ -1082,22 +1074,24 @@ if __name__ == "__main__":
     envs = make_env(rom, args.num_envs, repeat_action_probability, args.env_threads)
     num_actions = int(envs.single_action_space.n)
     fire = fire_action(envs, args.fire_on_life_loss)
+    if model_file is not None and model_file["num_actions"] != num_actions:
+        fail(f"model file has {model_file['num_actions']} actions but {args.env_id} has {num_actions}")
+
+    # ----------------------------------------------------------------------------- network and optimizer
     if model_file is not None:
-        if model_file["num_actions"] != num_actions:
-            fail(f"model file has {model_file['num_actions']} actions but {args.env_id} has {num_actions}")
-        q_network = build_q_network(model_file, device)
+        q_network, width = build_network(model_file, device), model_file["representation_width"]
     else:
         width = representation_width(args.hadamard, args.param_matched, num_actions)
         q_network = QNetwork(num_actions, args.activation, args.hadamard, width).to(device)
         optimizer = make_optimizer(q_network.parameters(), args.learning_rate)
-        target_network = QNetwork(num_actions, args.activation, args.hadamard, q_network.q.in_features).to(device)
+        target_network = QNetwork(num_actions, args.activation, args.hadamard, width).to(device)
         target_network.load_state_dict(q_network.state_dict())
         if resume is not None:
             check_checkpoint(resume, checkpoint_path, optimizer, state_dict=q_network, target_state_dict=target_network)
-    num_parameters = sum(p.numel() for p in q_network.parameters())
-    print(f"{run_name}: {variant} representation, {num_parameters:,} parameters, device {device}")
+    n_params = num_parameters(q_network)
 
-    # Output: nothing is written before this point.
+    # ----------------------------------------------------------------------------- outputs (nothing is written before)
+    print(f"{run_name}: {variant} representation, {n_params:,} parameters, device {device}")
     start_note = (
         f"evaluate {args.eval_model}"
         if model_file is not None
@@ -1113,21 +1107,19 @@ if __name__ == "__main__":
     elif saved_config:
         cut_events(run_dir, {})
         print(f"{run_dir} holds no checkpoint: training it again from step 0")
-    wandb_id = saved_config.get("wandb_id") or (
-        os.urandom(4).hex() if args.track else None
-    )  # a resumed run logs to the same W&B run
+    wandb_id = saved_config.get("wandb_id") or (os.urandom(4).hex() if args.track else None)  # a resumed run: its W&B run
     config = {
         **asdict(args),
-        "algorithm": "dqn",
+        "algorithm": ALGORITHM,
         "variant": variant,
-        "num_parameters": num_parameters,
-        "representation_width": q_network.q.in_features,
+        "num_parameters": n_params,
+        "representation_width": width,
         "run_name": run_name,
         "device": str(device),
         "eval_only": model_file is not None,
         "wandb_id": wandb_id,
-        "sticky_action_probability": repeat_action_probability,
-    }  # the one used (--repeat-action-probability may be None)
+        "sticky_action_probability": repeat_action_probability,  # the one used (--repeat-action-probability may be None)
+    }
     try:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
@@ -1151,9 +1143,10 @@ if __name__ == "__main__":
             "hyperparameters",
             "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
         )
-
     global_step, start_time, elapsed_before, resumes = 0, time.time(), 0.0, starts - 1
     process_start = process_start_time()  # the run's wall time counts each process from its start, start-up included
+
+    # ----------------------------------------------------------------------------- training
     if model_file is not None:
         interrupts.exit_line = "interrupted: evaluation stopped"
     else:
@@ -1299,45 +1292,37 @@ if __name__ == "__main__":
                     wandb.finish(exit_code=128 + interrupts.signum)
                 sys.exit(128 + interrupts.signum)
 
-        if (
-            args.save_model or args.capture_video
-        ):  # the evaluation follows: it starts from a checkpoint of the finished training
+        # the evaluation follows: it starts from a checkpoint of the finished training
+        if args.save_model or args.capture_video:
             written = save_checkpoint(checkpoint_path, training_state(with_buffer=False), writer, on_signal=False)
             checkpointed = f"checkpointed to {checkpoint_path}" if written else "but its checkpoint failed (above)"
             interrupts.exit_line = f"interrupted during the evaluation: training is finished, {checkpointed}; {resume_hint}"
 
+    # ----------------------------------------------------------------------------- evaluation and the end of the run
     envs.close()
     eval_returns = []
     if model_file is not None or args.save_model or args.capture_video:
         if interrupts.signum:  # a signal after the training loop's last look at it
             print(interrupts.exit_line, flush=True)
             sys.exit(128 + interrupts.signum)
-        if args.save_model and model_file is None:
+        if args.save_model and model_file is None:  # a model given to --eval-model is evaluated, not saved again
             model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
             torch.save(model_state(args, q_network, num_actions), model_path)
             print(f"model saved to {model_path}")
         video_folder = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(
-            q_network, rom, repeat_action_probability, args.eval_episodes, args.end_e, args.seed, device, fire, video_folder
-        )
+        eval_returns = evaluate(q_network, args, rom, repeat_action_probability, device, fire, video_folder)
         for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
         if eval_returns:
-            print(f"evaluation: mean return {np.mean(eval_returns):.1f} over {len(eval_returns)} games (epsilon {args.end_e})")
+            print(f"evaluation: mean return {np.mean(eval_returns):.1f} over {len(eval_returns)} games")
 
     writer.close()
     with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
         # the processes the result comes from, each from its start (start-up included) to the checkpoint the next one
         # resumed from; resumes: every start after the first (starts.log), those that ended before a checkpoint included
-        json.dump(
-            {
-                "global_step": global_step,
-                "wall_time_s": elapsed_before + time.time() - process_start,
-                "resumes": resumes,
-                "eval_returns": eval_returns,
-            },
-            f,
-        )
+        wall_time = elapsed_before + time.time() - process_start
+        done = {"global_step": global_step, "wall_time_s": wall_time, "SPS": int(global_step / max(wall_time, 1e-9))}
+        json.dump({**done, "resumes": resumes, "eval_returns": eval_returns}, f)
     if not args.keep_checkpoint and os.path.exists(checkpoint_path):  # a finished run's checkpoint (DQN's: its buffer) goes
         os.remove(checkpoint_path)
     videos = f", videos in {os.path.join('videos', run_name)}/" if args.capture_video else ""

@@ -1,5 +1,12 @@
-# PPO on Atari with a Hadamard representation (Kooi et al., arXiv 2406.09079), after CleanRL's ppo_atari.py.
-# Usage: python ppo_atari_hadamard.py --env-id BreakoutNoFrameskip-v4 --hadamard
+"""PPO on Atari with a Hadamard representation (Kooi et al., arXiv 2406.09079), after CleanRL's ppo_atari.py.
+
+Trains on one Atari game (ale-py's vector env) and writes runs/<run_name>/: TensorBoard logs of the returns, losses and
+representation metrics, config.json, a checkpoint (Ctrl-C stops with one; the same command resumes) and done.json.
+A short run to try, with the Hadamard representation (then: tensorboard --logdir runs):
+
+    python ppo_atari_hadamard.py --hadamard --total-timesteps 10240 --run-name smoke
+"""
+
 import contextlib
 import difflib
 import fcntl
@@ -37,105 +44,110 @@ import common_metrics
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
+    """the experiment's name: part of the default run name, and the model file's name (`<exp_name>.pt`)"""
     seed: int = 1
-    """seed of the experiment"""
+    """the seed of python's, numpy's and torch's random generators and of the envs"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """make cuDNN choose deterministic algorithms (`torch.backends.cudnn.deterministic`)"""
     cuda: bool = True
-    """if toggled, cuda will be used when available"""
+    """run on the GPU when there is one"""
     track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
+    """log to Weights & Biases too (WANDB_MODE=offline works without a network); a resumed run goes on in its W&B run"""
     wandb_project_name: str = "hadamard-atari"
-    """the wandb's project name"""
+    """the W&B project that --track logs to"""
     wandb_entity: Optional[str] = None
-    """the entity (team) of wandb's project"""
+    """the W&B user or team that --track logs as (None: W&B's default entity)"""
     capture_video: bool = False
-    """whether to record videos of the evaluation episodes to `videos/<run_name>/`"""
+    """evaluate after training and record the evaluation's games to `videos/<run_name>/`"""
     save_model: bool = False
-    """whether to save the model to `runs/<run_name>/` and then evaluate it"""
+    """after training, save the network to `runs/<run_name>/<exp_name>.pt`, then evaluate it (--eval-model saves nothing)"""
     eval_episodes: int = 10
-    """the number of whole games played by the evaluation after training"""
+    """the number of whole games an evaluation plays (after training with --save-model or --capture-video, or --eval-model)"""
     eval_model: Optional[str] = None
-    """skip training: load this model file and evaluate it"""
+    """evaluate this model file (`<exp_name>.pt` from --save-model, or a run's `checkpoint.pt`) instead of training"""
     run_name: Optional[str] = None
-    """the run's directory name under runs/ (default `<env_id>__<exp_name>__<seed>__<unix time>`); the same name resumes it"""
+    """the run's folder under runs/ (None: `<env_id>__<exp_name>__<seed>__<unix time>`); the same name resumes the run"""
     checkpoint_interval: int = 500_000
-    """write `runs/<run_name>/checkpoint.pt` every this many environment steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
+    """write `runs/<run_name>/checkpoint.pt` every this many env steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
     keep_checkpoint: bool = False
-    """keep the checkpoint of a finished run (by default it is removed once done.json is written), to extend the run later"""
+    """keep a finished run's checkpoint (otherwise removed once done.json is written), to extend the run later"""
 
     # Environment
     env_id: str = "BreakoutNoFrameskip-v4"
-    """the id of the environment: `BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5`"""
+    """the game: `<Game>NoFrameskip-v4`, `ALE/<Game>-v5` (sticky actions 0.25) or `<Game>-v5`, e.g. `PongNoFrameskip-v4`"""
     repeat_action_probability: Optional[float] = None
-    """sticky actions (default: 0.25 for `ALE/...-v5` ids, 0.0 otherwise)"""
+    """sticky actions: the chance that the emulator repeats the previous action (None: 0.25 for `ALE/` ids, else 0)"""
     env_threads: int = 0
-    """the number of C++ threads stepping the envs (0: one per env, up to the cores)"""
+    """the C++ threads that step the envs (0: one per env, up to the number of cores)"""
     fire_on_life_loss: bool = True
-    """press FIRE on the step after a life loss in games that have it, as CleanRL's FireResetEnv (the step enters no loss)"""
+    """press FIRE on the step after a life loss in games that have it, as CleanRL's wrappers do (that step enters no loss)"""
 
     # Representation
     activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
-    """the activation of the representation layer"""
+    """the activation of the representation, the last hidden layer (the conv layers keep ReLU)"""
     hadamard: bool = False
-    """make the representation the element-wise product of two independent layers"""
+    """the Hadamard representation: act(W_a z + b_a) * act(W_b z + b_b), the product of two independent layers"""
     param_matched: bool = False
-    """widen the plain representation to the parameter count of the Hadamard network"""
+    """widen the plain representation to the Hadamard network's parameter count (HR's baseline of equal size)"""
     metrics_interval: int = 50_000
-    """log representation metrics every this many environment steps (0: never)"""
+    """log the representation metrics (ranks, dead, dormant and saturated units) every this many env steps (0: never)"""
     metrics_batch_size: int = 1024
-    """the number of rollout states the representation metrics are computed on (all valid ones when fewer)"""
+    """the number of the current rollout's states the metrics are computed on (all its valid ones when fewer)"""
 
     # Algorithm specific arguments
     total_timesteps: int = 10_000_000
-    """total timesteps of the experiments"""
+    """the training budget in env steps, summed over the envs (an env step is 4 frames)"""
     learning_rate: float = 2.5e-4
-    """the learning rate of the optimizer"""
+    """the optimizer's learning rate"""
     num_envs: int = 8
-    """the number of parallel game environments"""
+    """the number of games played in parallel (one vector env)"""
     num_steps: int = 128
-    """the number of steps to run in each environment per policy rollout"""
+    """the steps each env plays per rollout; a rollout's batch is num-envs x num-steps"""
     anneal_lr: bool = True
-    """Toggle learning rate annealing for policy and value networks"""
+    """decay the learning rate linearly to 0 over the run"""
     gamma: float = 0.99
-    """the discount factor gamma"""
+    """the discount factor"""
     gae_lambda: float = 0.95
-    """the lambda for the general advantage estimation"""
+    """the lambda of the advantages (GAE)"""
     num_minibatches: int = 4
-    """the number of mini-batches"""
+    """the minibatches that each epoch splits the batch into (they must divide it)"""
     update_epochs: int = 4
-    """the K epochs to update the policy"""
+    """the passes over each rollout's batch"""
     norm_adv: bool = True
-    """Toggles advantages normalization"""
+    """normalise the advantages within each minibatch (over its valid steps)"""
     clip_coef: float = 0.1
-    """the surrogate clipping coefficient"""
+    """PPO's clip range of the probability ratio (and of the value's change with --clip-vloss)"""
     clip_vloss: bool = True
-    """Toggles whether or not to use a clipped loss for the value function"""
+    """clip the value loss around the rollout's values, as CleanRL does"""
     ent_coef: float = 0.01
-    """coefficient of the entropy"""
+    """the weight of the entropy bonus in the loss"""
     vf_coef: float = 0.5
-    """coefficient of the value function"""
+    """the weight of the value loss in the loss"""
     max_grad_norm: float = 0.5
-    """the maximum norm for the gradient clipping"""
+    """clip the gradient to this global norm"""
     target_kl: Optional[float] = None
-    """the target KL divergence threshold"""
+    """stop a rollout's update epochs early once the approximate KL passes this (None: never)"""
     compile: bool = False
-    """compile the PPO loss with torch.compile (the optimizer stays eager)"""
+    """compile the PPO loss with torch.compile (the optimizer stays eager); the start takes longer"""
 
-    # to be filled in runtime (not flags: a value given would be overwritten; config.json records them)
+    # computed at start from the flags above: not flags (a value given would be overwritten); config.json records them
     batch_size: tyro.conf.Suppress[int] = 0
-    """the batch size (computed in runtime)"""
+    """num-envs x num-steps (computed)"""
     minibatch_size: tyro.conf.Suppress[int] = 0
-    """the mini-batch size (computed in runtime)"""
+    """the batch over num-minibatches (computed)"""
     num_iterations: tyro.conf.Suppress[int] = 0
-    """the number of iterations (computed in runtime)"""
+    """the run's rollouts: total-timesteps over the batch (computed)"""
 
 
 # the Args fields the script computes: config.json holds them, but they are not flags
 COMPUTED = {"batch_size", "minibatch_size", "num_iterations"}
+ALGORITHM = "ppo"  # config.json's, model files' and checkpoints' name of the algorithm
+SCRIPT = os.path.basename(__file__)
+# the flags a model file fixes: --eval-model takes them from the file
+MODEL_FLAGS = ("env_id", "activation", "hadamard", "param_matched")
 
 
+# ----------------------------------------------------------------------------- run setup
 def duration(seconds: float) -> str:
     """`h:mm:ss` for the progress line."""
     seconds = int(seconds)
@@ -151,12 +163,12 @@ def parse_args() -> Args:
     """The flags. A flag that tyro rejects (unknown, a bad choice or type, a missing value) is one line on stderr with tyro's
     message and exit 2, not tyro's box of several lines; --help prints to stdout as tyro does."""
     if {"-h", "--help"} & set(sys.argv[1:]):
-        return tyro.cli(Args)
+        return tyro.cli(Args, description=__doc__)
     box, columns = io.StringIO(), os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100000"  # tyro's box as wide as its text: no line of its message is wrapped
     try:
         with contextlib.redirect_stderr(box):
-            args = tyro.cli(Args)
+            args = tyro.cli(Args, description=__doc__)
         sys.stderr.write(box.getvalue())  # tyro's warnings, if any
         return args
     except SystemExit as exc:
@@ -200,7 +212,7 @@ def check_args(args: Args):
     for name, value in asdict(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "metrics_batch_size"):
+    for name in ("num_envs", "total_timesteps", "metrics_batch_size"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("metrics_interval", "env_threads", "eval_episodes", "checkpoint_interval"):
@@ -210,13 +222,19 @@ def check_args(args: Args):
         fail("--eval-model needs --eval-episodes of at least 1")
     if args.capture_video and args.eval_episodes == 0:
         fail("--capture-video records the evaluation's games: it needs --eval-episodes of at least 1")
+    if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
+        fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
+    if args.hadamard and args.param_matched:
+        fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
+    # ALGO LOGIC: the algorithm's own flags
+    for name in ("num_steps", "num_minibatches", "update_epochs"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     batch_size = args.num_envs * args.num_steps
     if batch_size % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} does not divide the batch of {batch_size} (num-envs x num-steps)")
     if args.total_timesteps < batch_size and args.eval_model is None:
         fail(f"--total-timesteps {args.total_timesteps} is less than one batch of {batch_size} (num-envs x num-steps)")
-    if args.hadamard and args.param_matched:
-        fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
     for name in ("learning_rate", "clip_coef", "max_grad_norm") + (("target_kl",) if args.target_kl is not None else ()):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -226,10 +244,9 @@ def check_args(args: Args):
     for name in ("gamma", "gae_lambda"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
-        fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
 
 
+# ----------------------------------------------------------------------------- environment
 def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tuple[str, float]:
     """`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5` -> (ALE ROM id, sticky-action probability). Other ids of
     a game (gymnasium's `Breakout-v4` skips 2-4 frames at random) are errors: the envs here would not be what they name."""
@@ -254,11 +271,12 @@ def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tup
 
 
 def make_env(
-    rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30
+    rom: str, num_envs: int, repeat_action_probability: float, num_threads: int = 0, noop_max: int = 30, **kwargs
 ) -> AtariVectorEnv:
     """Nature-DQN preprocessing in ale-py's C++ vector env: 30 noop starts, fire reset, frame skip 4 with
     max-pool, 84x84 grayscale, 4-frame stack. A life loss is `terminated` while the game goes on
-    (`life_loss_info`); rewards stay raw so that episodic returns are game scores."""
+    (`life_loss_info`); rewards stay raw so that episodic returns are game scores. `kwargs` go to the env (tests shorten
+    games with `max_num_frames_per_episode`)."""
     return AtariVectorEnv(
         rom,
         num_envs,
@@ -268,6 +286,7 @@ def make_env(
         episodic_life=False,
         life_loss_info=True,
         reward_clipping=False,
+        **kwargs,
     )
 
 
@@ -351,6 +370,7 @@ def fire_action(envs: AtariVectorEnv, enabled: bool) -> Optional[int]:
     return action_set.index(Action.FIRE) if enabled and Action.FIRE in action_set else None
 
 
+# ----------------------------------------------------------------------------- network
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -361,7 +381,8 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": 
 
 
 class Hadamard(nn.Module):
-    """Hadamard representation: act(W_a z + b_a) * act(W_b z + b_b), two independently parameterised branches."""
+    """The Hadamard representation: branch_a(x) * branch_b(x), the element-wise product of two independently initialised
+    branches, each a layer through the activation."""
 
     def __init__(self, make_branch):
         super().__init__()
@@ -370,15 +391,6 @@ class Hadamard(nn.Module):
 
     def forward(self, x):
         return self.branch_a(x) * self.branch_b(x)
-
-
-def representation_width(hadamard: bool, param_matched: bool, num_actions: int, width: int = 512) -> int:
-    """512 units, or for `--param-matched` the plain width whose network has the HR network's parameter count.
-    Each representation unit carries 3136 + 1 input parameters per branch and num_actions + 1 head weights."""
-    if not param_matched:
-        return width
-    head = num_actions + 1
-    return round(width * (2 * 3137 + head) / (3137 + head))
 
 
 class Agent(nn.Module):
@@ -393,9 +405,8 @@ class Agent(nn.Module):
             nn.ReLU(),
             nn.Flatten(),
         )
-        self.network.to(
-            memory_format=torch.channels_last
-        )  # oneDNN's faster conv layout on CPU (1.3x an update here), same math
+        # channels-last: oneDNN's faster conv layout on CPU, the same math (benchmarks/README.md has the gain)
+        self.network.to(memory_format=torch.channels_last)
 
         def branch():
             return nn.Sequential(layer_init(nn.Linear(64 * 7 * 7, width)), ACTIVATIONS[activation]())
@@ -423,6 +434,26 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
 
 
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def representation_width(hadamard: bool, param_matched: bool, num_actions: int, width: int = 512) -> int:
+    """512 units, or for `--param-matched` the plain width whose network has the HR network's parameter count.
+    Each representation unit carries 3136 + 1 input parameters per branch and num_actions + 1 head weights."""
+    if not param_matched:
+        return width
+    head = num_actions + 1
+    return round(width * (2 * 3137 + head) / (3137 + head))
+
+
+def variant_name(args) -> str:
+    """The variant's name in config.json and in the sweep's run names: the activation, then `_hr` (--hadamard) or `_pm`
+    (--param-matched)."""
+    return args.activation + ("_hr" if args.hadamard else "") + ("_pm" if args.param_matched else "")
+
+
+# ----------------------------------------------------------------------------- algorithm
 def compute_gae(rewards, values, next_value, terminated, truncated, gamma: float, gae_lambda: float):
     """GAE over a `num_steps x num_envs` rollout, backwards. `values[t]` is V(obs_t); `next_value` is V of the
     observation after the last step. A termination (a life loss or game over) stops the bootstrap; a
@@ -539,6 +570,18 @@ def collect_rollout(
     return next_obs, finished_games
 
 
+# ----------------------------------------------------------------------------- models and evaluation
+def model_state(args: Args, agent: Agent, num_actions: int) -> dict:
+    """What a model file holds (`--save-model`, read by `--eval-model`); every checkpoint holds it too."""
+    return {
+        "algorithm": ALGORITHM,
+        "args": asdict(args),
+        "num_actions": num_actions,
+        "representation_width": agent.actor.in_features,
+        "state_dict": agent.state_dict(),
+    }
+
+
 def load_model(path: str) -> dict:
     """A model file written by `--save-model` of this script (or a checkpoint of it), read with weights_only=True; anything
     else is a clear error."""
@@ -547,87 +590,86 @@ def load_model(path: str) -> dict:
     if not os.path.isfile(path):
         fail(f"model file not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: what the network does not need is never read into memory (DQN's checkpoints hold a replay buffer of 7 GB)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         fail(f"cannot read model file {path}: not a PyTorch state file ({type(exc).__name__})")
-    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != "ppo":
+    if not isinstance(checkpoint, dict) or checkpoint.get("algorithm") != ALGORITHM:
         found = checkpoint.get("algorithm") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        fail(f"model file {path} is not a PPO model of ppo_atari_hadamard.py (found {found!r})")
-    missing = {"args", "num_actions", "representation_width", "state_dict"} - checkpoint.keys()
-    missing |= {"env_id", "activation", "hadamard", "param_matched"} - checkpoint.get("args", {}).keys()
+        fail(f"model file {path} is not a {ALGORITHM.upper()} model of {SCRIPT} (found {found!r})")
+    saved = checkpoint.get("args")
+    missing = [key for key in ("num_actions", "representation_width", "state_dict") if key not in checkpoint]
+    missing += [f"args.{key}" for key in MODEL_FLAGS if not isinstance(saved, dict) or key not in saved]
     if missing:
-        fail(f"model file {path} lacks {', '.join(sorted(missing))}; it was not written by --save-model")
+        fail(f"model file {path} lacks {', '.join(missing)}: not written by {SCRIPT} --save-model")
     return checkpoint
 
 
-def build_agent(checkpoint: dict, device) -> Agent:
-    """The agent a model file describes, with its weights; a shape mismatch is a clear error."""
-    saved = checkpoint["args"]
-    agent = Agent(checkpoint["num_actions"], saved["activation"], saved["hadamard"], checkpoint["representation_width"])
+def build_network(checkpoint: dict, device) -> nn.Module:
+    """The network a model file describes, with its weights; a shape mismatch is a clear error."""
+    saved, width = checkpoint["args"], checkpoint["representation_width"]
+    network = Agent(checkpoint["num_actions"], saved["activation"], saved["hadamard"], width)
     try:
-        agent.load_state_dict(checkpoint["state_dict"])
+        network.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
         fail(f"model file does not fit the network it describes: {str(exc).splitlines()[0]}")
-    return agent.to(device)
+    return network.to(device)
 
 
 def evaluate(
-    agent: Agent,
-    rom: str,
-    repeat_action_probability: float,
-    episodes: int,
-    seed: int,
-    device,
-    fire: Optional[int],
-    video_folder=None,
+    agent: Agent, args: Args, rom: str, repeat_action_probability: float, device, fire: Optional[int], video_folder=None
 ):
-    """Play `episodes` whole games with the policy's sampled actions (FIRE forced after a life loss as in training,
+    """Play --eval-episodes whole games with the policy's sampled actions (FIRE forced after a life loss as in training,
     `fire`); return their raw scores."""
     env = make_eval_env(rom, repeat_action_probability, video_folder=video_folder)
-    torch.manual_seed(seed)  # the same model and seed play the same games, in training's run and in --eval-model's
+    torch.manual_seed(args.seed)  # the same model and seed play the same games, in training's run and in --eval-model's
     returns, episode_return = [], 0.0
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=args.seed)
     fire_on_life_loss = FireOnLifeLoss(fire, [info["lives"]])
-    while len(returns) < episodes:
+    while len(returns) < args.eval_episodes:
         with torch.no_grad():
             action, _, _, _ = agent.get_action_and_value(torch.as_tensor(np.asarray(obs), device=device)[None])
         obs, reward, terminated, truncated, info = env.step(int(fire_on_life_loss.actions(action.cpu().numpy())[0][0]))
         fire_on_life_loss.step([info["lives"]])
         episode_return += reward
         if terminated or truncated:
-            returns.append(episode_return)
+            returns.append(float(episode_return))
             episode_return = 0.0
-            if len(returns) < episodes:  # no trailing reset: it would start an empty video
+            if len(returns) < args.eval_episodes:  # no trailing reset: it would start an empty video
                 obs, info = env.reset()
                 fire_on_life_loss.step([info["lives"]])
     env.close()
     return returns
 
 
+# ----------------------------------------------------------------------------- what a checkpoint holds
+# what restore() and the resumed loop read from a checkpoint (checked before anything is written)
+RESUME_KEYS = {"args", "state_dict", "optimizer", "rng", "probe_generator"}  # the network, the optimizer, the generators
+RESUME_KEYS |= {"global_step", "iteration", "next_probe_step", "recent_returns", "elapsed", "resumes", "event_files"}
+
+
+def restore(resume: dict, agent: Agent, optimizer: optim.Optimizer, probe_generator: torch.Generator):
+    """The network, the optimizer and every random generator as the checkpoint holds them."""
+    agent.load_state_dict(resume["state_dict"])
+    optimizer.load_state_dict(resume["optimizer"])
+    probe_generator.set_state(resume["probe_generator"])
+    set_rng_states(resume["rng"])
+
+
 # ----------------------------------------------------------------------------- checkpoints and interrupts
 CHECKPOINT = "checkpoint.pt"
 STARTS = "starts.log"  # one line per start of the run; its lock keeps a second process out of the run folder
 # flags that may change when a run resumes: they change where and how it runs, not what it learns (--run-name is the folder
-# itself: a checkpoint of a run started without it holds None)
-RESUME_MAY_CHANGE = {
-    "cuda",
-    "track",
-    "wandb_project_name",
-    "wandb_entity",
-    "capture_video",
-    "save_model",
-    "eval_episodes",
-    "env_threads",
-    "checkpoint_interval",
-    "compile",
-    "keep_checkpoint",
-    "run_name",
-}
+# itself: a checkpoint of a run started without it holds None); a flag the script lacks is ignored
+RESUME_MAY_CHANGE = {"cuda", "env_threads", "compile", "track", "wandb_project_name", "wandb_entity", "run_name"}
+RESUME_MAY_CHANGE |= {"capture_video", "save_model", "eval_episodes", "eval_epsilon"}  # the evaluation after training
+RESUME_MAY_CHANGE |= {"checkpoint_interval", "keep_checkpoint", "checkpoint_buffer"}  # the checkpoints (DQN's buffer in them)
 
 
 class Interrupts:
     """SIGTERM and SIGUSR1 (what Slurm sends before a time limit or a preemption) and Ctrl-C ask the training loop to
-    stop at the end of the current iteration, write a checkpoint and exit. A second Ctrl-C exits at once (the last
+    stop at the end of the current iteration (PPO and PQN: a rollout and its update; DQN: one env step), write a
+    checkpoint and exit. A second Ctrl-C exits at once (the last
     checkpoint stays). Once `exit_line` is set (the evaluation after training, which has its checkpoint) any of them
     prints it and exits at once."""
 
@@ -805,7 +847,7 @@ def cut_events(run_dir: str, sizes: dict):
 
 def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
     """Before anything is written: the checkpoint to resume `run_dir` from (None: start it from step 0) and the run's
-    saved config.json ({} if none). One clear line when the run there is finished, is not a PPO training run, was
+    saved config.json ({} if none). One clear line when the run there is finished, is not a training run of this script, was
     started with other settings, or has a checkpoint that cannot be read (then nothing there is touched)."""
     if not os.path.isdir(run_dir):
         return None, {}
@@ -828,18 +870,18 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
                 "as it is: remove the file to train the run again from step 0"
             )
         if not isinstance(resume, dict) or not isinstance(resume.get("args"), dict):
-            fail(f"{path} is not a checkpoint of ppo_atari_hadamard.py; the run is left as it is")
+            fail(f"{path} is not a checkpoint of {SCRIPT}; the run is left as it is")
         saved = {**saved, **resume["args"], "algorithm": resume.get("algorithm")}
-    if saved and (saved.get("algorithm") != "ppo" or saved.get("eval_only")):
+    if saved and (saved.get("algorithm") != ALGORITHM or saved.get("eval_only")):
         what = "an --eval-model run" if saved.get("eval_only") else f"a {saved.get('algorithm')} run"
-        fail(f"{run_dir} holds {what}, not a training run of ppo_atari_hadamard.py: give another --run-name")
+        fail(f"{run_dir} holds {what}, not a training run of {SCRIPT}: give another --run-name")
     missing = sorted(RESUME_KEYS - resume.keys()) if resume is not None else []
     if missing:
-        fail(f"{path} is not a checkpoint of ppo_atari_hadamard.py (it lacks {', '.join(missing)}); the run is left as it is")
+        fail(f"{path} is not a checkpoint of {SCRIPT} (it lacks {', '.join(missing)}); the run is left as it is")
     differ = [
         f"--{key.replace('_', '-')} {saved[key]!r} (this command: {value!r})"
         for key, value in asdict(args).items()
-        if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value
+        if key in saved and key not in RESUME_MAY_CHANGE | COMPUTED and saved[key] != value
     ]
     if differ:
         fail(
@@ -881,49 +923,14 @@ def env_seed(seed: int, global_step: int) -> int:
     return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 1)
 
 
-def model_state(args: Args, agent: Agent, num_actions: int) -> dict:
-    """What a model file holds (`--save-model`, read by `--eval-model`); every checkpoint holds it too."""
-    return {
-        "algorithm": "ppo",
-        "args": asdict(args),
-        "num_actions": num_actions,
-        "representation_width": agent.actor.in_features,
-        "state_dict": agent.state_dict(),
-    }
-
-
-# what restore() and the resumed loop read from a checkpoint (checked before anything is written)
-RESUME_KEYS = {
-    "args",
-    "state_dict",
-    "optimizer",
-    "global_step",
-    "iteration",
-    "next_probe_step",
-    "recent_returns",
-    "elapsed",
-    "resumes",
-    "rng",
-    "probe_generator",
-    "event_files",
-}
-
-
-def restore(resume: dict, agent: Agent, optimizer: optim.Optimizer, probe_generator: torch.Generator):
-    """The network, the optimizer and every random generator as the checkpoint holds them."""
-    agent.load_state_dict(resume["state_dict"])
-    optimizer.load_state_dict(resume["optimizer"])
-    probe_generator.set_state(resume["probe_generator"])
-    set_rng_states(resume["rng"])
-
-
 if __name__ == "__main__":
+    # ----------------------------------------------------------------------------- the run: flags, folder, seeding, envs
     args = parse_args()
     interrupts = Interrupts()  # from here on a signal stops the run at the end of an iteration, with a checkpoint
     check_args(args)
     model_file = load_model(args.eval_model) if args.eval_model else None
     if model_file is not None:  # evaluate the saved model on the game and network it was trained with
-        for key in ("env_id", "activation", "hadamard", "param_matched"):
+        for key in MODEL_FLAGS:
             saved, flag = model_file["args"][key], "--" + key.replace("_", "-")
             if getattr(args, key) not in (getattr(Args, key), saved):  # a flag left at its default takes the model's value
                 trained = f"on {saved}" if key == "env_id" else f"with {flag} {saved}"
@@ -938,10 +945,7 @@ if __name__ == "__main__":
             import wandb
         except ImportError:
             fail("--track needs wandb: pip install wandb")
-    args.batch_size = int(args.num_envs * args.num_steps)
-    args.minibatch_size = int(args.batch_size // args.num_minibatches)
-    args.num_iterations = args.total_timesteps // args.batch_size
-    variant = args.activation + ("_hr" if args.hadamard else "") + ("_pm" if args.param_matched else "")
+    variant = variant_name(args)
     # one folder under runs/: ALE/Breakout-v5 runs are ALE-Breakout-v5__..., as benchmark.sh names them
     run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name)
@@ -965,10 +969,15 @@ if __name__ == "__main__":
     envs = make_env(rom, args.num_envs, repeat_action_probability, args.env_threads)
     num_actions = int(envs.single_action_space.n)
     fire = fire_action(envs, args.fire_on_life_loss)
+    if model_file is not None and model_file["num_actions"] != num_actions:
+        fail(f"model file has {model_file['num_actions']} actions but {args.env_id} has {num_actions}")
+
+    # ----------------------------------------------------------------------------- network and optimizer
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
     if model_file is not None:
-        if model_file["num_actions"] != num_actions:
-            fail(f"model file has {model_file['num_actions']} actions but {args.env_id} has {num_actions}")
-        agent = build_agent(model_file, device)
+        agent, width = build_network(model_file, device), model_file["representation_width"]
     else:
         width = representation_width(args.hadamard, args.param_matched, num_actions)
         agent = Agent(num_actions, args.activation, args.hadamard, width).to(device)
@@ -976,10 +985,10 @@ if __name__ == "__main__":
         optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
         if resume is not None:
             check_checkpoint(resume, checkpoint_path, optimizer, state_dict=agent)
-    num_parameters = sum(p.numel() for p in agent.parameters())
-    print(f"{run_name}: {variant} representation, {num_parameters:,} parameters, device {device}")
+    n_params = num_parameters(agent)
 
-    # Output: nothing is written before this point.
+    # ----------------------------------------------------------------------------- outputs (nothing is written before)
+    print(f"{run_name}: {variant} representation, {n_params:,} parameters, device {device}")
     start_note = (
         f"evaluate {args.eval_model}"
         if model_file is not None
@@ -995,21 +1004,19 @@ if __name__ == "__main__":
     elif saved_config:
         cut_events(run_dir, {})
         print(f"{run_dir} holds no checkpoint: training it again from step 0")
-    wandb_id = saved_config.get("wandb_id") or (
-        os.urandom(4).hex() if args.track else None
-    )  # a resumed run logs to the same W&B run
+    wandb_id = saved_config.get("wandb_id") or (os.urandom(4).hex() if args.track else None)  # a resumed run: its W&B run
     config = {
         **asdict(args),
-        "algorithm": "ppo",
+        "algorithm": ALGORITHM,
         "variant": variant,
-        "num_parameters": num_parameters,
-        "representation_width": agent.actor.in_features,
+        "num_parameters": n_params,
+        "representation_width": width,
         "run_name": run_name,
         "device": str(device),
         "eval_only": model_file is not None,
         "wandb_id": wandb_id,
-        "sticky_action_probability": repeat_action_probability,
-    }  # the one used (--repeat-action-probability may be None)
+        "sticky_action_probability": repeat_action_probability,  # the one used (--repeat-action-probability may be None)
+    }
     try:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
@@ -1033,9 +1040,10 @@ if __name__ == "__main__":
             "hyperparameters",
             "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
         )
-
     global_step, start_time, elapsed_before, resumes = 0, time.time(), 0.0, starts - 1
     process_start = process_start_time()  # the run's wall time counts each process from its start, start-up included
+
+    # ----------------------------------------------------------------------------- training
     if model_file is not None:
         interrupts.exit_line = "interrupted: evaluation stopped"
     else:
@@ -1132,26 +1140,12 @@ if __name__ == "__main__":
                 next_probe_step = global_step + args.metrics_interval
 
             # Optimizing the policy and value network
-            stats = []
+            stats, batch = [], (b_obs, b_logprobs, b_actions, b_advantages, b_returns, b_values, b_valid)
             for epoch in range(args.update_epochs):
                 b_inds = torch.randperm(args.batch_size, device=device)
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb_inds = b_inds[start : start + args.minibatch_size]
-                    stats.append(
-                        update(
-                            agent,
-                            optimizer,
-                            args,
-                            b_obs[mb_inds],
-                            b_logprobs[mb_inds],
-                            b_actions[mb_inds],
-                            b_advantages[mb_inds],
-                            b_returns[mb_inds],
-                            b_values[mb_inds],
-                            b_valid[mb_inds],
-                            loss_fn=loss_fn,
-                        )
-                    )
+                    stats.append(update(agent, optimizer, args, *(x[mb_inds] for x in batch), loss_fn=loss_fn))
                 if args.target_kl is not None and stats[-1][4] > args.target_kl:
                     break
             pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, _ = stats[-1].tolist()
@@ -1203,27 +1197,25 @@ if __name__ == "__main__":
                     wandb.finish(exit_code=128 + interrupts.signum)
                 sys.exit(128 + interrupts.signum)
 
-        if (
-            args.save_model or args.capture_video
-        ):  # the evaluation follows: it starts from a checkpoint of the finished training
+        # the evaluation follows: it starts from a checkpoint of the finished training
+        if args.save_model or args.capture_video:
             written = save_checkpoint(checkpoint_path, training_state(args.num_iterations), writer, on_signal=False)
             checkpointed = f"checkpointed to {checkpoint_path}" if written else "but its checkpoint failed (above)"
             interrupts.exit_line = f"interrupted during the evaluation: training is finished, {checkpointed}; {resume_hint}"
 
+    # ----------------------------------------------------------------------------- evaluation and the end of the run
     envs.close()
     eval_returns = []
     if model_file is not None or args.save_model or args.capture_video:
         if interrupts.signum:  # a signal after the training loop's last look at it
             print(interrupts.exit_line, flush=True)
             sys.exit(128 + interrupts.signum)
-        if args.save_model:
+        if args.save_model and model_file is None:  # a model given to --eval-model is evaluated, not saved again
             model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
             torch.save(model_state(args, agent, num_actions), model_path)
             print(f"model saved to {model_path}")
         video_folder = os.path.join("videos", run_name) if args.capture_video else None
-        eval_returns = evaluate(
-            agent, rom, repeat_action_probability, args.eval_episodes, args.seed, device, fire, video_folder
-        )
+        eval_returns = evaluate(agent, args, rom, repeat_action_probability, device, fire, video_folder)
         for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
         if eval_returns:
@@ -1233,15 +1225,9 @@ if __name__ == "__main__":
     with open(os.path.join(run_dir, "done.json"), "w") as f:  # marks a finished run (benchmark.sh resumes past it)
         # the processes the result comes from, each from its start (start-up included) to the checkpoint the next one
         # resumed from; resumes: every start after the first (starts.log), those that ended before a checkpoint included
-        json.dump(
-            {
-                "global_step": global_step,
-                "wall_time_s": elapsed_before + time.time() - process_start,
-                "resumes": resumes,
-                "eval_returns": eval_returns,
-            },
-            f,
-        )
+        wall_time = elapsed_before + time.time() - process_start
+        done = {"global_step": global_step, "wall_time_s": wall_time, "SPS": int(global_step / max(wall_time, 1e-9))}
+        json.dump({**done, "resumes": resumes, "eval_returns": eval_returns}, f)
     if not args.keep_checkpoint and os.path.exists(checkpoint_path):  # a finished run's checkpoint (DQN's: its buffer) goes
         os.remove(checkpoint_path)
     videos = f", videos in {os.path.join('videos', run_name)}/" if args.capture_video else ""

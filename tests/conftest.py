@@ -1,9 +1,14 @@
 """Shared test helpers: run a training script end to end in a temporary folder, read its TensorBoard events back."""
 
+import contextlib
+import gc
+import io
 import json
 import os
+import random
 import re
 import resource
+import runpy
 import shutil
 import signal
 import subprocess
@@ -13,13 +18,18 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # Two cores on CI: one torch thread per script keeps the env threads and torch from fighting.
 SCRIPT_ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
+# and in the tests' own process too (the other core runs the other test worker, or the script a test started): torch's
+# default of a thread per core made the in-process rollouts on the real env three times slower
+torch.set_num_threads(1)
 
 
 def file_size_limit(limit: Optional[int]):
@@ -46,6 +56,52 @@ def run_script(
         timeout=timeout,
         preexec_fn=file_size_limit(max_file_size),
     )
+
+
+class _Text(io.StringIO):
+    """What a script prints, caught as a pipe would take it (UTF-8, not a terminal)."""
+
+    encoding = "utf-8"
+
+
+def run_here(script: str, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`run_script` in this process: the script runs as `__main__` (runpy) with `args` as its command line, in `cwd`, and
+    its exit is what python makes of it (a SystemExit's message on stderr and exit 1, or its code). For the checks that
+    stop a run before it trains: the same code as a real start without a new python importing torch (a real process's line
+    and exit are checked in test_bad_input.py). What the script changes in this process (signal handlers, generators) is
+    put back; one that is still running after `timeout` seconds fails the test."""
+
+    def too_long(signum, frame):
+        raise TimeoutError(f"{script} {' '.join(args)} still running after {timeout} s")
+
+    out, err = _Text(), _Text()
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    generators = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    argv, here, excepthook = sys.argv, os.getcwd(), threading.excepthook
+    sys.argv = [str(ROOT / script), *args]
+    os.chdir(cwd)
+    alarm = signal.signal(signal.SIGALRM, too_long)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        returncode = 0
+    except SystemExit as exc:
+        returncode = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if exc.code is not None and not isinstance(exc.code, int):
+            err.write(f"{exc.code}\n")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, alarm)
+        sys.argv, threading.excepthook = argv, excepthook
+        os.chdir(here)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        random.setstate(generators[0])
+        np.random.set_state(generators[1])
+        torch.set_rng_state(generators[2])
+        gc.collect()  # the script's envs and networks go now
+    return subprocess.CompletedProcess([sys.executable, script, *args], returncode, out.getvalue(), err.getvalue())
 
 
 def run_ok(script: str, *args: str, cwd: Path) -> Path:
@@ -83,8 +139,9 @@ def one_line_failure(result: subprocess.CompletedProcess) -> str:
 
 
 def run_fails(script: str, *args: str, cwd: Path) -> str:
-    """Run a script that must stop with one clear line and a non-zero exit, writing no run directory; return that line."""
-    line = one_line_failure(run_script(script, *args, cwd=cwd))
+    """Run a script (in this process: `run_here`) that must stop with one clear line and a non-zero exit, writing no run
+    directory; return that line."""
+    line = one_line_failure(run_here(script, *args, cwd=cwd))
     assert not (cwd / "runs").exists(), "a failed start must not leave a run directory"
     return line
 
@@ -92,8 +149,6 @@ def run_fails(script: str, *args: str, cwd: Path) -> str:
 def assert_bad_model_files_rejected(script: str, algorithm: str, misfit: dict, workdir: Path):
     """Missing, corrupt, foreign, partial and misfitting model files each stop `--eval-model` with one clear line.
     `misfit` is a complete checkpoint of `algorithm` whose weights do not fit the network its args describe."""
-    import torch
-
     torch.save({"algorithm": "ppo" if algorithm != "ppo" else "dqn", "state_dict": {}}, workdir / "foreign.pt")
     torch.save({"algorithm": algorithm, "state_dict": {}}, workdir / "partial.pt")
     torch.save(misfit, workdir / "misfit.pt")
@@ -154,7 +209,6 @@ def assert_fire_on_life_loss(module, steps: int = 300):
     """`module.FireOnLifeLoss` on the real env, with a random policy that never picks FIRE: in Breakout the step after
     each life loss that leaves the game going sends FIRE and is marked forced, and no other step is; with the flag off
     nothing is forced (and the ball, never relaunched, costs no further life); MsPacman has no FIRE and is untouched."""
-    import numpy as np
     from ale_py import Action
 
     for rom, enabled in (("breakout", True), ("breakout", False), ("ms_pacman", True)):
@@ -266,10 +320,10 @@ def snapshot(folder: Path) -> dict:
 
 
 def run_fails_leaving(script: str, *args: str, cwd: Path, run_dir: Path) -> str:
-    """Run a script that must stop with one clear line and a non-zero exit, leaving `run_dir` exactly as it was; return the
-    line."""
+    """Run a script (in this process: `run_here`) that must stop with one clear line and a non-zero exit, leaving `run_dir`
+    exactly as it was; return the line."""
     before = snapshot(run_dir)
-    line = one_line_failure(run_script(script, *args, cwd=cwd))
+    line = one_line_failure(run_here(script, *args, cwd=cwd))
     assert snapshot(run_dir) == before, "the run must be left as it was"
     return line
 
@@ -290,8 +344,6 @@ def assert_interrupted_run_resumes(script: str, args: list, workdir: Path, ready
     are one-line errors that leave the run as it was; the same command (with --keep-checkpoint) then resumes from that step
     and ends at exactly --total-timesteps with every TensorBoard tag's steps increasing; run again, it is a finished run;
     --eval-model takes the checkpoint. Returns the interruption's checkpoint, the scalars and the run dir."""
-    import torch
-
     args = [*args, "--run-name", RESUMED]
     total = int(args[args.index("--total-timesteps") + 1])
     run_dir = workdir / "runs" / RESUMED
@@ -332,36 +384,21 @@ def assert_interrupted_run_resumes(script: str, args: list, workdir: Path, ready
     return checkpoint, scalars, run_dir
 
 
-# the rollout runs of PPO and PQN that their SIGTERM-and-resume tests use: 32 iterations of 2 envs x 32 steps, one epoch of
-# two minibatches, the probe every 512 steps; --save-model writes the finished training's checkpoint before its evaluation
+# the iterations of the small PPO and PQN runs: 2 envs x 32 steps, one epoch of two minibatches
+SMALL_ROLLOUT = "--num-envs 2 --num-steps 32 --num-minibatches 2 --update-epochs 1".split()
+# the rollout runs of PPO and PQN that their SIGTERM-and-resume tests use: 8 of those iterations, the probe every 128 steps;
+# --save-model writes the finished training's checkpoint before its evaluation
+ROLLOUT_RESUME_ITERATIONS = 8
 ROLLOUT_RESUME_ARGS = [
-    "--num-envs",
-    "2",
-    "--num-steps",
-    "32",
-    "--total-timesteps",
-    "2048",
-    "--num-minibatches",
-    "2",
-    "--update-epochs",
-    "1",
-    "--metrics-interval",
-    "512",
-    "--metrics-batch-size",
-    "32",
-    "--save-model",
-    "--eval-episodes",
-    "1",
+    *SMALL_ROLLOUT,
+    *"--total-timesteps 512 --metrics-interval 128 --metrics-batch-size 32 --save-model --eval-episodes 1".split(),
 ]
 
 
 def assert_rollout_run_resumed_as_one(scalars: dict, run_dir: Path, learning_rate: float):
     """A ROLLOUT_RESUME_ARGS run, interrupted and resumed, logged every iteration once, annealed the learning rate as one
     run does, and its optimizer took as many steps as one run's (so it was restored, not started afresh)."""
-    import numpy as np
-    import torch
-
-    batch, iterations = 64, 32
+    batch, iterations = 64, ROLLOUT_RESUME_ITERATIONS
     assert [step for step, _ in scalars["charts/SPS"]] == list(range(batch, batch * iterations + 1, batch))
     np.testing.assert_allclose(
         [lr for _, lr in scalars["charts/learning_rate"]],
@@ -376,8 +413,6 @@ def assert_rollout_run_resumed_as_one(scalars: dict, run_dir: Path, learning_rat
 def assert_restores(module, checkpoint: dict, network, optimizer):
     """`module.restore` (PPO's, PQN's) puts the network, the optimizer, the probe's generator and the global generators
     back exactly as `checkpoint` holds them."""
-    import torch
-
     probe_generator = torch.Generator().manual_seed(99)
     module.restore(checkpoint, network, optimizer, probe_generator)
     assert_same_state(network.state_dict(), checkpoint["state_dict"])
@@ -388,8 +423,6 @@ def assert_restores(module, checkpoint: dict, network, optimizer):
 
 def assert_same_state(a, b, path="state"):
     """Two nested state dicts (tensors, numbers, lists, tuples, dicts) hold the same values."""
-    import torch
-
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu()), path
     elif isinstance(a, dict):

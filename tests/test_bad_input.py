@@ -9,7 +9,7 @@ import torch
 import dqn_atari_hadamard as dqn
 import ppo_atari_hadamard as ppo
 import pqn_atari_hadamard as pqn
-from conftest import one_line_failure, read_config, run_fails, run_ok, run_script
+from conftest import one_line_failure, read_config, run_fails, run_here, run_ok, run_script
 
 PPO, DQN, PQN = "ppo_atari_hadamard.py", "dqn_atari_hadamard.py", "pqn_atari_hadamard.py"
 SCRIPTS = [PPO, DQN, PQN]
@@ -44,21 +44,31 @@ def test_bad_flags_are_one_line_errors(workdir, script, flags, message):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_a_real_process_stops_with_one_line_and_exit_1(workdir, script):
+    """The checks above run the script in the test's process (conftest.run_here); here a real `python <script>`: one line
+    on stderr, nothing else (no traceback, no warning), exit 1, nothing written."""
+    result = run_script(script, "--run-name", "../escape", cwd=workdir)
+    line = one_line_failure(result)
+    assert result.returncode == 1 and result.stdout == "" and not (workdir / "runs").exists()
+    assert line == "error: --run-name '../escape' is not one folder name (no '/', not '.' or '..', 255 bytes at most)", line
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_a_flag_tyro_rejects_is_one_line_with_exit_2(workdir, script):
-    """tyro's box of several lines becomes one line with its message; exit 2 as tyro's."""
+    """tyro's box of several lines becomes one line with its message; exit 2 as tyro's (the first in a real process)."""
     result = run_script(script, "--activation", "Tanh", cwd=workdir)
     line = one_line_failure(result)
     assert result.returncode == 2 and not (workdir / "runs").exists()
     choices = "('tanh', 'relu', 'sigmoid', 'gelu')"
     assert line == f"error: invalid choice 'Tanh' for argument '--activation'. Expected one of {choices}.", line
-    result = run_script(script, "--seed", "abc", cwd=workdir)
+    result = run_here(script, "--seed", "abc", cwd=workdir)
     line = one_line_failure(result)
     assert result.returncode == 2 and line == "error: parsing --seed: invalid literal for int() with base 10: 'abc'", line
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_lists_the_flags_but_not_the_computed_fields(workdir, script):
-    result = run_script(script, "--help", cwd=workdir)
+    result = run_here(script, "--help", cwd=workdir)
     assert result.returncode == 0 and result.stderr == "" and result.stdout.startswith("usage:"), result.stderr
     flags = {word.rstrip(",") for word in result.stdout.split() if word.startswith("--")}
     computed = MODULES[script].COMPUTED

@@ -16,29 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SCRIPT_ENV, assert_steps_increase, one_line_failure, read_scalars, snapshot
+from conftest import ROOT, SCRIPT_ENV, SMALL_ROLLOUT, assert_steps_increase, one_line_failure, read_scalars, snapshot
 from test_report import row
 
 BENCHMARK = ROOT / "benchmark.sh"
 VARIANT_FLAGS = {"relu": ["--activation", "relu"], "tanh": [], "tanh_hr": ["--hadamard"], "tanh_pm": ["--param-matched"]}
 # Tiny PPO settings: two iterations of 2 envs x 32 steps, a probe every iteration.
-TINY_PPO = [
-    "--total-timesteps",
-    "128",
-    "--",
-    "--num-envs",
-    "2",
-    "--num-steps",
-    "32",
-    "--num-minibatches",
-    "2",
-    "--update-epochs",
-    "1",
-    "--metrics-interval",
-    "64",
-    "--metrics-batch-size",
-    "32",
-]
+TINY_PPO = ["--total-timesteps", "128", "--", *SMALL_ROLLOUT, "--metrics-interval", "64", "--metrics-batch-size", "32"]
 
 # Stands in for python: records the run of a training script it was asked for and writes what a finished run writes (a
 # config.json of the flags it was given, which leaves out the defaults as an older script's leaves out newer fields;
@@ -166,19 +150,7 @@ def test_dry_run_estimates_the_duration_from_finished_runs(workdir):
     done = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__9"
     done.mkdir(parents=True)
     (done / "done.json").write_text(json.dumps({"global_step": 1000, "wall_time_s": 10.0}))  # 100 steps per second
-    sweep = [
-        "--dry-run",
-        "--games",
-        "Breakout",
-        "--variants",
-        "tanh",
-        "--seeds",
-        "1,2",
-        "--total-timesteps",
-        "36000",
-        "--jobs",
-        "2",
-    ]
+    sweep = "--dry-run --games Breakout --variants tanh --seeds 1,2 --total-timesteps 36000 --jobs 2".split()
     header = bench("--scripts", "ppo", *sweep, cwd=workdir).stdout.splitlines()[0]
     assert header.endswith(
         "2 to run (0 of them interrupted: they resume from their checkpoints), 0 running in another sweep (left alone), "
@@ -189,25 +161,8 @@ def test_dry_run_estimates_the_duration_from_finished_runs(workdir):
 
 
 def test_flags_environment_and_passthrough(workdir):
-    result = bench(
-        "--scripts",
-        "ppo",
-        "--variants",
-        "tanh_hr,relu",
-        "--threads",
-        "2",
-        "--total-timesteps",
-        "1000",
-        "--dry-run",
-        "--",
-        "--num-envs",
-        "4",
-        "--track",
-        cwd=workdir,
-        GAMES="Pong ALE/Breakout-v5",
-        SEEDS="7",
-        SCRIPT_ARGS="--capture-video",
-    )
+    sweep = "--scripts ppo --variants tanh_hr,relu --threads 2 --total-timesteps 1000 --dry-run -- --num-envs 4 --track"
+    result = bench(*sweep.split(), cwd=workdir, GAMES="Pong ALE/Breakout-v5", SEEDS="7", SCRIPT_ARGS="--capture-video")
     lines = commands(result)
     assert len(lines) == 4
     assert {arg(line, "--env-id") for line in lines} == {"PongNoFrameskip-v4", "ALE/Breakout-v5"}
@@ -216,22 +171,8 @@ def test_flags_environment_and_passthrough(workdir):
         assert line.startswith("OMP_NUM_THREADS=2 ") and arg(line, "--seed") == "7"
         assert line.endswith("--total-timesteps 1000 --capture-video --num-envs 4 --track")
     # flags for one script only
-    lines = commands(
-        bench(
-            "--scripts",
-            "ppo,pqn",
-            "--games",
-            "Pong",
-            "--seeds",
-            "1",
-            "--variants",
-            "tanh",
-            "--dry-run",
-            cwd=workdir,
-            PPO_ARGS="--num-steps 8",
-            THREADS="3",
-        )
-    )
+    sweep = "--scripts ppo,pqn --games Pong --seeds 1 --variants tanh --dry-run".split()
+    lines = commands(bench(*sweep, cwd=workdir, PPO_ARGS="--num-steps 8", THREADS="3"))
     assert len(lines) == 2 and all(line.startswith("OMP_NUM_THREADS=3 MKL_NUM_THREADS=3 ") for line in lines)
     assert [line.endswith("--num-steps 8") for line in lines] == [True, False]
     # a flag beats its environment variable
@@ -431,22 +372,8 @@ def test_runs_dir_puts_the_sweep_elsewhere(workdir, fake_python):
     assert not (workdir / "runs").exists()
     again = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert "0 to run" in again.stdout and "2 finished (skipped)" in again.stdout
-    job = slurm_job(
-        bench(
-            *sweep[:2],
-            "--scripts",
-            "dqn",
-            "--games",
-            "Pong",
-            "--variants",
-            "tanh",
-            "--seeds",
-            "1",
-            "--slurm",
-            cwd=workdir,
-            PYTHON=fake_python,
-        ).stdout
-    ).read_text()
+    dqn = [*sweep[:2], *"--scripts dqn --games Pong --variants tanh --seeds 1 --slurm".split()]
+    job = slurm_job(bench(*dqn, cwd=workdir, PYTHON=fake_python).stdout).read_text()
     assert job.rstrip().endswith(f'"$((SLURM_ARRAY_TASK_ID + 1))" {workdir.resolve() / "sweep1" / "runs"}')
 
 
@@ -501,31 +428,8 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
     """Two real PPO runs at once: SIGTERM, then SIGINT, to benchmark.sh reach the runs, which write their checkpoints and
     stop; the sweep waits for them and exits 143 / 130, leaving no process behind. The same command then resumes both
     from their checkpoints, appending to their logs, and they end at exactly their budget."""
-    sweep = [
-        "--scripts",
-        "ppo",
-        "--games",
-        "Breakout",
-        "--variants",
-        "tanh,tanh_hr",
-        "--seeds",
-        "1",
-        "--jobs",
-        "2",
-        "--total-timesteps",
-        "4096",
-        "--",
-        "--num-envs",
-        "2",
-        "--num-steps",
-        "32",
-        "--num-minibatches",
-        "2",
-        "--update-epochs",
-        "1",
-        "--metrics-interval",
-        "0",
-    ]
+    sweep = "--scripts ppo --games Breakout --variants tanh,tanh_hr --seeds 1 --jobs 2 --total-timesteps 4096".split()
+    sweep += ["--", *SMALL_ROLLOUT, "--metrics-interval", "0"]
     names = [f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{variant}__1" for variant in ("tanh", "tanh_hr")]
     logs = [workdir / "runs" / name / "train.log" for name in names]
     steps = []
@@ -575,29 +479,9 @@ def slurm_job(stdout: str) -> Path:
 def test_slurm_writes_an_array_job_from_the_template(workdir, fake_python):
     """The job script from the template (written, not submitted: where sbatch is absent, or with --dry-run), and an array
     task run from it as Slurm starts one. tests/test_slurm.py submits to a real Slurm."""
-    sweep = [
-        "--slurm",
-        "--scripts",
-        "ppo",
-        "--games",
-        "Breakout",
-        "--variants",
-        "tanh,tanh_hr",
-        "--seeds",
-        "1,2",
-        "--slurm-time",
-        "2:00:00",
-        "--slurm-cpus",
-        "3",
-        "--slurm-grace",
-        "120",
-        "--sbatch-args",
-        "--partition=gpu --gres=gpu:1",
-        *(["--dry-run"] if shutil.which("sbatch") else []),
-        "--",
-        "--num-envs",
-        "4",
-    ]
+    sweep = "--slurm --scripts ppo --games Breakout --variants tanh,tanh_hr --seeds 1,2 --slurm-time 2:00:00 --slurm-cpus 3"
+    sweep = [*sweep.split(), "--slurm-grace", "120", "--sbatch-args", "--partition=gpu --gres=gpu:1"]
+    sweep += [*(["--dry-run"] if shutil.which("sbatch") else []), "--", "--num-envs", "4"]
     result = bench(*sweep, cwd=workdir, PYTHON=fake_python)
     assert result.returncode == 0, result.stderr
     assert ("dry run: not submitted" if shutil.which("sbatch") else "sbatch not found") in result.stdout
@@ -697,16 +581,7 @@ def test_quick_profile_end_to_end_with_report(workdir):
 
 # ------------------------------------------------------------------------------------------------------------
 # the three scripts, side by side
-ALGORITHM_SPECIFIC_HELP = {
-    "activation",
-    "hadamard",
-    "anneal_lr",
-    "batch_size",
-    "compile",
-    "end_e",
-    "metrics_batch_size",
-    "update_epochs",
-}
+ALGORITHM_SPECIFIC_HELP = {"activation", "hadamard", "batch_size", "compile", "metrics_batch_size"}
 
 
 def test_shared_flags_have_the_same_help_in_every_script():

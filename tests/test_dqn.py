@@ -33,22 +33,10 @@ from conftest import (
 )
 
 SCRIPT = "dqn_atari_hadamard.py"
-TINY = [
-    "--total-timesteps",
-    "300",
-    "--learning-starts",
-    "100",
-    "--buffer-size",
-    "500",
-    "--train-frequency",
-    "4",
-    "--target-network-frequency",
-    "50",
-    "--metrics-interval",
-    "100",
-    "--metrics-batch-size",
-    "32",
-]
+TINY = (
+    "--total-timesteps 300 --learning-starts 100 --buffer-size 500 --train-frequency 4 --target-network-frequency 50 "
+    "--metrics-interval 100 --metrics-batch-size 32"
+).split()
 
 
 # ----------------------------------------------------------------------------- replay buffer on a real env run
@@ -220,20 +208,9 @@ def test_replay_buffer_samples_the_same_after_a_save_load_round_trip(tmp_path):
 def test_a_checkpoint_writes_the_replay_buffer_without_a_second_copy(tmp_path):
     """benchmarks/bench_checkpoint.py on DQN with a 40k-transition buffer (283 MB, every frame written): while the checkpoint
     is written the peak resident memory grows by under a tenth of the buffer, and the figures are those of a real write."""
+    flags = ["--scripts", "dqn", "--buffer-size", "40000", "--repeats", "1", "--json", "--dir", str(tmp_path)]
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_checkpoint.py"),
-            "--scripts",
-            "dqn",
-            "--buffer-size",
-            "40000",
-            "--repeats",
-            "1",
-            "--json",
-            "--dir",
-            str(tmp_path),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_checkpoint.py"), *flags],
         capture_output=True,
         text=True,
         timeout=300,
@@ -374,11 +351,8 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
     )
     assert (run_dir / "done.json").exists()
     representation_tags = expected_representation_tags(config["activation"], config["hadamard"])
-    assert {
-        "representation/srank",
-        "representation/dead_fraction",
-        "representation/conv1/dormant_fraction",
-    } <= representation_tags
+    some = {"representation/srank", "representation/dead_fraction", "representation/conv1/dormant_fraction"}
+    assert some <= representation_tags
     for tag in representation_tags | {"charts/SPS", "losses/td_loss", "losses/q_values", "charts/epsilon"}:
         assert tag in scalars, f"{tag} not logged"
         assert all(math.isfinite(value) for _, value in scalars[tag]), tag
@@ -411,18 +385,7 @@ def test_save_load_evaluate_round_trip(workdir):
 
 def test_metrics_do_not_change_the_run(workdir):
     """A probe of 32 recent states every 50 steps vs none: the same losses and games (the probe draws nothing)."""
-    args = [
-        "--total-timesteps",
-        "600",
-        "--learning-starts",
-        "100",
-        "--buffer-size",
-        "1000",
-        "--target-network-frequency",
-        "50",
-        "--seed",
-        "7",
-    ]
+    args = "--total-timesteps 600 --learning-starts 100 --buffer-size 1000 --target-network-frequency 50 --seed 7".split()
     assert_metrics_do_not_change_the_run(SCRIPT, args, ["--metrics-interval", "50", "--metrics-batch-size", "32"], workdir)
 
 
@@ -462,24 +425,15 @@ def test_tracking_writes_an_offline_wandb_run(workdir):
     assert list(run_dir.glob("wandb/offline-run-*")), "no offline W&B run written"
 
 
-RESUME_ARGS = [
-    "--total-timesteps",
-    "1500",
-    "--learning-starts",
-    "300",
-    "--buffer-size",
-    "1000",
-    "--metrics-interval",
-    "500",
-    "--metrics-batch-size",
-    "32",
-    "--checkpoint-interval",
-    "600",
-]
+# training from step 200, a checkpoint at step 400, epsilon decaying over the whole run (so across an interruption)
+RESUME_ARGS = (
+    "--total-timesteps 1000 --learning-starts 200 --buffer-size 1000 --metrics-interval 500 --metrics-batch-size 32 "
+    "--checkpoint-interval 400 --exploration-fraction 1"
+).split()
 
 
 def test_sigterm_then_the_same_command_resumes_the_run(workdir):
-    """SIGTERM once training has begun (after the checkpoint at step 600), then the same command
+    """SIGTERM once training has begun (after the checkpoint at step 400), then the same command
     (conftest.assert_interrupted_run_resumes); here: losses logged every 100 steps as in one run, epsilon scheduled as in
     one run, the optimizer's step count that of an uninterrupted run, the checkpoint (networks, optimizer, replay buffer,
     generators) restored exactly."""
@@ -487,17 +441,17 @@ def test_sigterm_then_the_same_command_resumes_the_run(workdir):
     checkpoint, scalars, run_dir = assert_interrupted_run_resumes(
         SCRIPT, args, workdir, ready=lambda run: (run / "checkpoint.pt").exists()
     )
-    assert checkpoint["global_step"] > 600 and "replay_buffer" in checkpoint
+    assert checkpoint["global_step"] > 400 and "replay_buffer" in checkpoint
     steps = [step for step, _ in scalars["losses/td_loss"]]
-    assert steps == list(range(400, 1500, 100)), steps
-    np.testing.assert_allclose(
-        [e for _, e in scalars["charts/epsilon"]], [dqn.linear_schedule(1, 0.01, 0.1 * 1500, s) for s in steps], rtol=1e-6
-    )
+    assert steps == list(range(300, 1000, 100)), steps
+    epsilons = [e for _, e in scalars["charts/epsilon"]]
+    assert all(a > b for a, b in zip(epsilons, epsilons[1:])), epsilons
+    np.testing.assert_allclose(epsilons, [dqn.linear_schedule(1, 0.01, 1000, s) for s in steps], rtol=1e-6)
     final = torch.load(
         run_dir / "checkpoint.pt", weights_only=True
     )  # the finished training's (no buffer), before its evaluation
-    assert final["global_step"] == 1500 and "replay_buffer" not in final
-    assert {int(state["step"]) for state in final["optimizer"]["state"].values()} == {dqn.steps_due(0, 1500, 4, 300)}
+    assert final["global_step"] == 1000 and "replay_buffer" not in final
+    assert {int(state["step"]) for state in final["optimizer"]["state"].values()} == {dqn.steps_due(0, 1000, 4, 200)}
 
     # what the resumed run restores is what the checkpoint holds
     q_network, target_network = (
@@ -527,6 +481,7 @@ def test_a_checkpoint_without_the_buffer_refills_it_before_training(workdir):
     assert "replay_buffer" not in torch.load(workdir / "runs" / RESUMED / "checkpoint.pt", weights_only=True)
     resumed = run_script(SCRIPT, *args, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"the replay buffer refills until step {step + 300}" in resumed.stdout
+    assert f"the replay buffer refills until step {step + 200}" in resumed.stdout
     steps = [s for s, _ in read_scalars(workdir / "runs" / RESUMED)["losses/td_loss"]]
-    assert steps == [s for s in range(400, 1500, 100) if s < step or s > step + 300], (step, steps)
+    assert steps == [s for s in range(300, 1000, 100) if s < step or s > step + 200], (step, steps)
+    assert steps[-1] == 900, (step, steps)  # it trained again after the refill

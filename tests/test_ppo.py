@@ -14,6 +14,7 @@ import ppo_atari_hadamard as ppo
 from conftest import (
     ROLLOUT_RESUME_ARGS,
     ROOT,
+    SMALL_ROLLOUT,
     assert_bad_model_files_rejected,
     assert_fire_on_life_loss,
     assert_interrupted_run_resumes,
@@ -30,22 +31,7 @@ from conftest import (
 )
 
 SCRIPT = "ppo_atari_hadamard.py"
-TINY = [
-    "--num-envs",
-    "2",
-    "--num-steps",
-    "32",
-    "--total-timesteps",
-    "128",
-    "--num-minibatches",
-    "2",
-    "--update-epochs",
-    "1",
-    "--metrics-interval",
-    "64",
-    "--metrics-batch-size",
-    "32",
-]
+TINY = [*SMALL_ROLLOUT, *"--total-timesteps 128 --metrics-interval 64 --metrics-batch-size 32".split()]
 
 
 def expected_representation_tags(activation: str, hadamard: bool) -> set[str]:
@@ -67,18 +53,10 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
     assert (run_dir / "done.json").exists()
 
     representation_tags = expected_representation_tags(config["activation"], config["hadamard"])
-    assert {
-        "representation/srank",
-        "representation/dead_fraction",
-        "representation/conv1/dormant_fraction",
-    } <= representation_tags
-    for tag in representation_tags | {
-        "charts/SPS",
-        "losses/value_loss",
-        "losses/policy_loss",
-        "losses/entropy",
-        "charts/learning_rate",
-    }:
+    some = {"representation/srank", "representation/dead_fraction", "representation/conv1/dormant_fraction"}
+    assert some <= representation_tags
+    logged = {"charts/SPS", "losses/value_loss", "losses/policy_loss", "losses/entropy", "charts/learning_rate"}
+    for tag in representation_tags | logged:
         assert tag in scalars, f"{tag} not logged"
         assert all(math.isfinite(value) for _, value in scalars[tag]), tag
     # metrics every 64 steps of a 128-step run: at steps 64 and 128

@@ -29,21 +29,9 @@ from conftest import (
 
 SCRIPT = "pqn_atari_hadamard.py"
 TINY = (
-    "--num-envs",
-    "2",
-    "--num-steps",
-    "16",
-    "--total-timesteps",
-    "128",
-    "--num-minibatches",
-    "2",
-    "--update-epochs",
-    "1",
-    "--metrics-interval",
-    "64",
-    "--metrics-batch-size",
-    "32",
-)
+    "--num-envs 2 --num-steps 16 --total-timesteps 128 --num-minibatches 2 --update-epochs 1 --metrics-interval 64 "
+    "--metrics-batch-size 32"
+).split()
 PUREJAXQL = ("--num-envs", "128", "--num-steps", "32", "--update-epochs", "2", "--num-minibatches", "32", "--end-e", "0.001")
 LAYERS = ("conv1", "conv2", "conv3", "fc")
 RANKS = ("srank", "effective_rank", "feature_rank", "stable_rank", "feature_norm", "dormant_fraction", "dead_fraction")
@@ -237,22 +225,8 @@ def test_tanh_end_to_end(workdir):
 
 def test_metrics_do_not_change_the_run(workdir):
     """A probe of 32 of the rollout's valid states (a random draw) every iteration vs none: the same losses and games."""
-    args = [
-        "--num-envs",
-        "2",
-        "--num-steps",
-        "64",
-        "--total-timesteps",
-        "512",
-        "--num-minibatches",
-        "2",
-        "--update-epochs",
-        "1",
-        "--activation",
-        "relu",
-        "--seed",
-        "7",
-    ]
+    args = "--num-envs 2 --num-steps 64 --total-timesteps 512 --num-minibatches 2 --update-epochs 1".split()
+    args += ["--activation", "relu", "--seed", "7"]
     scalars = assert_metrics_do_not_change_the_run(
         SCRIPT, args, ["--metrics-interval", "1", "--metrics-batch-size", "32"], workdir
     )
@@ -287,20 +261,8 @@ def test_hadamard_scope_all_and_param_matched(workdir):
 
 
 def test_tanh_hr_save_video_and_eval_model(workdir):
-    run_dir, stdout = run_ok_output(
-        SCRIPT,
-        *TINY,
-        "--hadamard",
-        "--save-model",
-        "--capture-video",
-        "--eval-episodes",
-        "1",
-        "--eval-epsilon",
-        "1",
-        "--run-name",
-        "hr",
-        cwd=subdir(workdir, "train"),
-    )
+    flags = "--hadamard --save-model --capture-video --eval-episodes 1 --eval-epsilon 1 --run-name hr".split()
+    run_dir, stdout = run_ok_output(SCRIPT, *TINY, *flags, cwd=subdir(workdir, "train"))
     assert_progress_and_outputs(stdout, run_dir, videos=True)
     scalars = check_run(run_dir, hr_layers=("fc",))
     assert "eval/episodic_return" in scalars
@@ -319,13 +281,14 @@ def test_tanh_hr_save_video_and_eval_model(workdir):
 def test_sigterm_then_the_same_command_resumes_the_run(workdir):
     """SIGTERM mid-run, then the same command (conftest.assert_interrupted_run_resumes): every iteration logged once, the
     learning rate and epsilon scheduled as in one run, the optimizer's step count that of one run, the checkpoint restored
-    exactly."""
-    checkpoint, scalars, run_dir = assert_interrupted_run_resumes(SCRIPT, ROLLOUT_RESUME_ARGS, workdir)
+    exactly. Epsilon decays over the whole run, so that its schedule goes on across the resume."""
+    args = [*ROLLOUT_RESUME_ARGS, "--exploration-fraction", "1"]
+    checkpoint, scalars, run_dir = assert_interrupted_run_resumes(SCRIPT, args, workdir)
     assert_rollout_run_resumed_as_one(scalars, run_dir, learning_rate=2.5e-4)
+    epsilons = [e for _, e in scalars["charts/epsilon"]]
+    assert all(a > b for a, b in zip(epsilons, epsilons[1:])), epsilons
     np.testing.assert_allclose(
-        [e for _, e in scalars["charts/epsilon"]],
-        [pqn.linear_schedule(1, 0.01, 0.1 * 2048, step) for step, _ in scalars["charts/epsilon"]],
-        rtol=1e-6,
+        epsilons, [pqn.linear_schedule(1, 0.01, 512, step) for step, _ in scalars["charts/epsilon"]], rtol=1e-6
     )
     q_network = pqn.QNetwork(checkpoint["num_actions"], width=checkpoint["representation_width"])
     assert_restores(pqn, checkpoint, q_network, torch.optim.RAdam(q_network.parameters(), lr=2.5e-4))
@@ -340,21 +303,8 @@ def test_purejaxql_preset_runs(workdir):
 
 def test_speed_benchmark_figures_are_consistent(workdir):
     """bench_pqn.py measures the real script and its bounds; the bounds must order as their definitions say."""
-    result = run_script(
-        "benchmarks/bench_pqn.py",
-        "--iterations",
-        "2",
-        "--presets",
-        "cleanrl",
-        "--variants",
-        "tanh",
-        "--metrics",
-        "off",
-        "--no-cuda",
-        "--output",
-        "bench.json",
-        cwd=workdir,
-    )
+    flags = "--iterations 2 --presets cleanrl --variants tanh --metrics off --no-cuda --output bench.json".split()
+    result = run_script("benchmarks/bench_pqn.py", *flags, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads((workdir / "bench.json").read_text())["results"]
     assert row["update_only_sps"] > row["compute_only_sps"] > row["serial_sps"] > 0  # acting and env steps only add time

@@ -12,12 +12,10 @@ import time
 import pytest
 import torch
 
-from conftest import Background, interrupt, one_line_failure, run_script
+from conftest import SMALL_ROLLOUT, Background, interrupt, one_line_failure, run_here, run_script
 
 # short runs, interrupted after their first iteration (PPO, PQN) or step (DQN), the probe off
-ROLLOUT = (
-    "--num-envs 2 --num-steps 32 --total-timesteps 512 --num-minibatches 2 --update-epochs 1 --metrics-interval 0".split()
-)  # PPO and PQN
+ROLLOUT = [*SMALL_ROLLOUT, "--total-timesteps", "512", "--metrics-interval", "0"]  # PPO and PQN
 SHORT = {
     "ppo_atari_hadamard.py": ROLLOUT,
     "pqn_atari_hadamard.py": ROLLOUT,
@@ -42,7 +40,7 @@ def test_a_run_without_run_name_is_its_folders_only_writer_and_resumes_as_its_in
     run_dir = workdir / "runs" / run_name
     run.process.send_signal(signal.SIGSTOP)
     try:
-        second = run_script(script, *SHORT[script], "--run-name", run_name, cwd=workdir)
+        second = run_here(script, *SHORT[script], "--run-name", run_name, cwd=workdir)
     finally:
         run.process.send_signal(signal.SIGCONT)
     line = one_line_failure(second)
@@ -217,7 +215,7 @@ def test_a_finished_runs_hints_work_as_printed(workdir):
     Each, done as it says, trains a run to its end."""
     args = [*SHORT[PQN], "--run-name", "finished"]
     assert run_script(PQN, *args, cwd=workdir).returncode == 0
-    line = one_line_failure(run_script(PQN, *args, cwd=workdir))
+    line = one_line_failure(run_here(PQN, *args, cwd=workdir))
     assert line.endswith("holds a finished run (done.json): give another --run-name, or remove the folder to train it again")
     assert run_script(PQN, *args, "--run-name", "another", cwd=workdir).returncode == 0  # another --run-name, as said
     shutil.rmtree(workdir / "runs" / "finished")  # or the folder removed

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -13,36 +14,42 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SCRIPT_ENV, assert_steps_increase, read_scalars
+from conftest import ROOT, SCRIPT_ENV, SMALL_ROLLOUT, assert_steps_increase, read_scalars
 
 SLURM_LOCAL = ROOT / "sweep" / "slurm_local.sh"
-# PPO runs of 2 envs x 32 steps; the probe off
-TINY_PPO = [
-    "--num-envs",
-    "2",
-    "--num-steps",
-    "32",
-    "--num-minibatches",
-    "2",
-    "--update-epochs",
-    "1",
-    "--metrics-interval",
-    "0",
-]
+TINY_PPO = [*SMALL_ROLLOUT, "--metrics-interval", "0"]  # PPO runs of 2 envs x 32 steps; the probe off
 
 
-@pytest.fixture(scope="module")
+def free_ports(count: int) -> list[int]:
+    """Ports that nothing listens on now, as the system hands them out."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    """The environment that points sbatch, squeue and scontrol at a one-node cluster started for these tests."""
+    """The environment that points sbatch, squeue and scontrol at a one-node cluster started for these tests, on ports of
+    its own: each test worker (pytest-xdist) that runs one of them has its cluster, as has a suite run beside this one."""
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (munged, slurmctld and slurmd run as root)")
     if not shutil.which("slurmctld", path=os.environ["PATH"] + ":/usr/sbin:/sbin"):
         pytest.skip("Slurm is not installed (Debian's slurm-wlm and munge; .ci/run installs them)")
     folder = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run(["bash", str(SLURM_LOCAL), "start", str(folder)], capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield {**SCRIPT_ENV, "PYTHON": sys.executable, "SLURM_CONF": str(folder / "slurm.conf")}
-    subprocess.run(["bash", str(SLURM_LOCAL), "stop", str(folder)], capture_output=True, timeout=120)
+    ctld, slurmd = free_ports(2)
+    ports = {**os.environ, "SLURM_LOCAL_CTLD_PORT": str(ctld), "SLURM_LOCAL_SLURMD_PORT": str(slurmd)}
+    try:
+        started = subprocess.run(
+            ["bash", str(SLURM_LOCAL), "start", str(folder)], env=ports, capture_output=True, text=True, timeout=120
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield {**SCRIPT_ENV, "PYTHON": sys.executable, "SLURM_CONF": str(folder / "slurm.conf")}
+    finally:  # (a start that failed half way leaves daemons too)
+        subprocess.run(["bash", str(SLURM_LOCAL), "stop", str(folder)], capture_output=True, timeout=120)
 
 
 def submit(workdir: Path, env: dict, *args: str) -> str:
@@ -84,22 +91,8 @@ def assert_finished(run_dir: Path, total: int) -> str:
 
 
 def test_an_array_of_two_runs_finishes(workdir, slurm):
-    job = submit(
-        workdir,
-        slurm,
-        "--scripts",
-        "ppo",
-        "--games",
-        "Breakout",
-        "--variants",
-        "tanh,tanh_hr",
-        "--seeds",
-        "1",
-        "--total-timesteps",
-        "128",
-        "--",
-        *TINY_PPO,
-    )
+    sweep = "--scripts ppo --games Breakout --variants tanh,tanh_hr --seeds 1 --total-timesteps 128".split()
+    job = submit(workdir, slurm, *sweep, "--", *TINY_PPO)
     runs = [workdir / "runs" / f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{variant}__1" for variant in ("tanh", "tanh_hr")]
     wait_until(lambda: job_ended(slurm, job), slurm, job, 300, "both array tasks")
     for run_dir in runs:
@@ -111,22 +104,8 @@ def test_an_array_of_two_runs_finishes(workdir, slurm):
 def test_a_requeued_task_resumes_its_run_from_the_checkpoint(workdir, slurm):
     """`scontrol requeue` of the running task: Slurm sends SIGTERM to the task's processes, the run writes its checkpoint,
     and the task that Slurm starts again resumes it, to exactly --total-timesteps."""
-    job = submit(
-        workdir,
-        slurm,
-        "--scripts",
-        "ppo",
-        "--games",
-        "Breakout",
-        "--variants",
-        "tanh",
-        "--seeds",
-        "1",
-        "--total-timesteps",
-        "3072",
-        "--",
-        *TINY_PPO,
-    )
+    sweep = "--scripts ppo --games Breakout --variants tanh --seeds 1 --total-timesteps 3072".split()
+    job = submit(workdir, slurm, *sweep, "--", *TINY_PPO)
     log = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__1" / "train.log"
     wait_until(lambda: log.exists() and "\nstep " in log.read_text(), slurm, job, 300, "the run's first iteration")
     requeued = subprocess.run(["scontrol", "requeue", f"{job}_0"], env=slurm, capture_output=True, text=True)
@@ -142,35 +121,9 @@ def test_a_run_longer_than_its_time_limit_finishes_over_several_allocations(work
     """A one-minute limit with the warning 30 s before it (Slurm sends it up to 60 s early, on its 30 s tick): at each
     warning the run writes its checkpoint and the task requeues itself, until the run ends at exactly its budget."""
     # about 65 s of training here (2 envs x 128 steps an iteration), more than the 30 s an allocation gives it at most
-    job = submit(
-        workdir,
-        slurm,
-        "--scripts",
-        "ppo",
-        "--games",
-        "Breakout",
-        "--variants",
-        "tanh",
-        "--seeds",
-        "1",
-        "--total-timesteps",
-        "12288",
-        "--slurm-time",
-        "1",
-        "--slurm-grace",
-        "30",
-        "--",
-        "--num-envs",
-        "2",
-        "--num-steps",
-        "128",
-        "--num-minibatches",
-        "2",
-        "--update-epochs",
-        "1",
-        "--metrics-interval",
-        "0",
-    )
+    sweep = "--scripts ppo --games Breakout --variants tanh --seeds 1 --total-timesteps 12288 --slurm-time 1 --slurm-grace 30"
+    flags = "--num-envs 2 --num-steps 128 --num-minibatches 2 --update-epochs 1 --metrics-interval 0"
+    job = submit(workdir, slurm, *sweep.split(), "--", *flags.split())
     wait_until(lambda: job_ended(slurm, job), slurm, job, 900, "the run over its allocations")
     text = assert_finished(workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__1", 12288)
     allocations = [line.split()[3] for line in text.splitlines() if line.startswith("# ")]
