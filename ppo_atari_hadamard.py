@@ -92,7 +92,7 @@ class Args:
     param_matched: bool = False
     """widen the plain representation to the Hadamard network's parameter count (HR's baseline of equal size)"""
     layer_norm: bool = False
-    """LayerNorm on each hidden layer's pre-activation (layer -> LayerNorm -> activation; HR: each branch), as PQN does"""
+    """LayerNorm on each hidden layer's pre-activation, as CleanRL's PQN (layer -> LayerNorm -> activation; HR: per branch)"""
     metrics_interval: int = 50_000
     """log the representation metrics (ranks, dead, dormant and saturated units) every this many env steps (0: never)"""
     metrics_batch_size: int = 1024
