@@ -6,6 +6,7 @@ metrics as they were before the gates (the `old_` functions below). Then the scr
 HR's shape), `--layer-norm` (its placement), their model files, and the networks of the earlier flags, unchanged."""
 
 import math
+import typing
 
 import pytest
 import torch
@@ -608,6 +609,7 @@ def pre_activation(branch: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 def test_each_gate_is_its_formula_with_hrs_shape(script, gate):
     """The representation of `--hadamard --gate <gate>` is the gate's formula of its two layers, the module the probe
     hooks (its branches ending in the gate's activations), with HR's parameters and state dict shapes."""
+    assert gate in typing.get_args(SCRIPTS[script].Args.__annotations__["gate"])  # a --gate choice
     torch.manual_seed(0)
     net = network(script, hadamard=True, gate=gate, layer_norm=False)
     layer = net.hidden_layers()["fc"]
