@@ -26,8 +26,10 @@ script waits for them and exits (a second signal kills the runs at once; their l
 
 Sweep (flag, or environment variable; lists are space or comma separated):
   --scripts LIST        SCRIPTS          ppo, dqn, pqn or script paths       (default: ppo dqn pqn)
-  --variants LIST       VARIANTS         <activation>[_hr|_pm]: relu -> --activation relu, tanh -> (none),
-                                         tanh_hr -> --hadamard, tanh_pm -> --param-matched
+  --variants LIST       VARIANTS         <activation>[_hr|_pm] or a gate, then _ln (PPO, DQN) or _noln (PQN):
+                                         relu -> --activation relu, tanh -> (none), tanh_hr -> --hadamard,
+                                         tanh_pm -> --param-matched, glu (swiglu, bilinear) -> --hadamard --gate glu,
+                                         tanh_hr_ln -> --hadamard --layer-norm, tanh_noln -> --no-layer-norm
                                                                               (default: relu tanh tanh_hr tanh_pm)
   --games LIST          GAMES            short names, any case (pong -> PongNoFrameskip-v4, ms_pacman ->
                                          MsPacmanNoFrameskip-v4) or env ids (<Game>NoFrameskip-v4, ALE/<Game>-v5,
@@ -37,8 +39,8 @@ Sweep (flag, or environment variable; lists are space or comma separated):
   --total-timesteps N   TOTAL_TIMESTEPS  budget of every run                 (default: each script's own)
   -- FLAGS...           SCRIPT_ARGS      flags after -- go to every script as they are (e.g. -- --num-envs 16)
                         PPO_ARGS, DQN_ARGS, PQN_ARGS  flags for that script only (after the others)
-                        What the sweep varies is not a script flag: --seed, --env-id, --hadamard, --activation,
-                        --param-matched and --run-name there are errors (use --seeds, --games, --variants).
+                        What the sweep varies is not a script flag: --seed, --env-id, --hadamard, --activation, --gate,
+                        --param-matched, --layer-norm and --run-name there are errors (use --seeds, --games, --variants).
                         Any other option before -- is an error: a typo never launches a sweep, and the script flags
                         are parsed by each script's own Args before the sweep starts.
   --mismatched skip|redo                 what to do with a run folder (finished or interrupted) whose config.json
@@ -187,7 +189,7 @@ check_script_flags() {  # $1: where the flags come from; the rest: the flags. Wh
         case "${word%%=*}" in
             --seed) die "$where sets --seed, which the sweep varies: use benchmark.sh --seeds" ;;
             --env-id) die "$where sets --env-id, which the sweep varies: use benchmark.sh --games" ;;
-            --hadamard|--no-hadamard|--activation|--param-matched|--no-param-matched)
+            --hadamard|--no-hadamard|--activation|--gate|--param-matched|--no-param-matched|--layer-norm|--no-layer-norm)
                 die "$where sets ${word%%=*}, which the sweep varies: use benchmark.sh --variants" ;;
             --run-name) die "$where sets --run-name, which the sweep sets for each run" ;;
         esac
@@ -285,18 +287,32 @@ script_path() {  # ppo -> <repo>/ppo_atari_hadamard.py; a path stays a path
         *) echo "$HERE/${1}_atari_hadamard.py" ;;
     esac
 }
-variant_flags() {  # relu -> --activation relu; tanh_hr -> --hadamard; tanh_pm -> --param-matched
-    [[ "$1" =~ ^(tanh|relu|sigmoid|gelu)(_hr|_pm)?$ ]] || die "unknown variant '$1' (expected <activation>[_hr|_pm] with activation tanh, relu, sigmoid or gelu, e.g. tanh_hr)"
-    local flags=()
-    [[ "${BASH_REMATCH[1]}" == tanh ]] || flags+=(--activation "${BASH_REMATCH[1]}")
-    [[ "${BASH_REMATCH[2]}" == _hr ]] && flags+=(--hadamard)
-    [[ "${BASH_REMATCH[2]}" == _pm ]] && flags+=(--param-matched)
+variant_flags() {  # $1: a variant, $2: the script's path; prints the variant's flags for that script
+    [[ "$1" =~ ^((tanh|relu|sigmoid|gelu)(_hr|_pm)?|glu|swiglu|bilinear)(_ln|_noln)?$ ]] || die "unknown variant '$1' (expected <activation>[_hr|_pm] with activation tanh, relu, sigmoid or gelu, or a gate glu, swiglu or bilinear; then _ln for PPO and DQN or _noln for PQN; e.g. tanh_hr, glu_ln)"
+    local representation="${BASH_REMATCH[1]}" activation="${BASH_REMATCH[2]}" form="${BASH_REMATCH[3]}" norm="${BASH_REMATCH[4]}"
+    local flags=() stem
+    stem="$(basename "$2" .py)"
+    if [[ -z "$activation" ]]; then  # a gate: the form of the two-branch representation, with activations of its own
+        flags+=(--hadamard --gate "$representation")
+    else
+        [[ "$activation" == tanh ]] || flags+=(--activation "$activation")
+        [[ "$form" == _hr ]] && flags+=(--hadamard)
+        [[ "$form" == _pm ]] && flags+=(--param-matched)
+    fi
+    # PPO and DQN have no LayerNorm unless --layer-norm; PQN has it unless --no-layer-norm
+    if [[ "$norm" == _ln ]]; then
+        [[ "${stem%%_*}" != pqn ]] || die "variant '$1' is not one of $stem.py's: it has LayerNorm already (${1%_ln} is it; _noln takes it off)"
+        flags+=(--layer-norm)
+    elif [[ "$norm" == _noln ]]; then
+        [[ "${stem%%_*}" == pqn ]] || die "variant '$1' is not one of $stem.py's: it has no LayerNorm to take off (_ln puts it on)"
+        flags+=(--no-layer-norm)
+    fi
     echo "${flags[*]-}"
 }
 for script in $scripts; do
     [[ -f "$(script_path "$script")" ]] || die "training script $(script_path "$script") not found"
+    for variant in $variants; do variant_flags "$variant" "$(script_path "$script")" >/dev/null; done
 done
-for variant in $variants; do variant_flags "$variant" >/dev/null; done
 # each game's env id, as ale-py names the game (pong -> PongNoFrameskip-v4): one game, one run name
 env_ids="$("$PYTHON" "$HERE/sweep/check_sweep.py" games $games)" || exit 2
 
@@ -322,7 +338,7 @@ for script in $scripts; do
     done
     for id in $env_ids; do
         for variant in $variants; do
-            read -r -a vflags <<<"$(variant_flags "$variant")"
+            read -r -a vflags <<<"$(variant_flags "$variant" "$path")"
             for seed in $seeds; do
                 name="${id//\//-}__${stem}__${variant}__${seed}"
                 cmd=("$PYTHON" "$path" --env-id "$id" --seed "$seed" "${vflags[@]+"${vflags[@]}"}" --run-name "$name"

@@ -84,11 +84,15 @@ class Args:
 
     # Representation
     activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
-    """the activation of the representation, the last hidden layer (the conv layers keep ReLU)"""
+    """the representation's activation, the last hidden layer (conv layers: ReLU; --gate glu, swiglu, bilinear: their own)"""
     hadamard: bool = False
     """the Hadamard representation: act(W_a z + b_a) * act(W_b z + b_b), the product of two independent layers"""
+    gate: Literal["hadamard", "glu", "swiglu", "bilinear"] = "hadamard"
+    """--hadamard's product of layers a, b: act(a) * act(b), glu sigmoid(a) * b, swiglu swish(a) * b, bilinear a * b"""
     param_matched: bool = False
     """widen the plain representation to the Hadamard network's parameter count (HR's baseline of equal size)"""
+    layer_norm: bool = False
+    """LayerNorm on each hidden layer's pre-activation, as CleanRL's PQN (layer -> LayerNorm -> activation; HR: per branch)"""
     metrics_interval: int = 50_000
     """log the representation metrics (ranks, dead, dormant and saturated units) every this many env steps (0: never)"""
     metrics_batch_size: int = 1024
@@ -144,7 +148,9 @@ COMPUTED = {"batch_size", "minibatch_size", "num_iterations"}
 ALGORITHM = "ppo"  # config.json's, model files' and checkpoints' name of the algorithm
 SCRIPT = os.path.basename(__file__)
 # the flags a model file fixes: --eval-model takes them from the file
-MODEL_FLAGS = ("env_id", "activation", "hadamard", "param_matched")
+MODEL_FLAGS = ("env_id", "activation", "hadamard", "param_matched", "gate", "layer_norm")
+# the model flags that came after the first model files: a file without one was trained with the flag's default
+ADDED_MODEL_FLAGS = ("gate", "layer_norm")
 
 
 # ----------------------------------------------------------------------------- run setup
@@ -226,6 +232,11 @@ def check_args(args: Args):
         fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
     if args.hadamard and args.param_matched:
         fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
+    if args.gate != "hadamard" and not args.hadamard:
+        fail(f"--gate {args.gate} is a form of the two-branch representation: give it with --hadamard")
+    if args.gate != "hadamard" and args.activation != Args.activation:
+        activations = " and ".join(common_metrics.gate_activations(args.gate))
+        fail(f"--gate {args.gate} has its own activations ({activations}): leave --activation out")
     # ALGO LOGIC: the algorithm's own flags
     for name in ("num_steps", "num_minibatches", "update_epochs"):
         if getattr(args, name) <= 0:
@@ -377,48 +388,77 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+# the representation's activations (--activation), and those of the gates' branches: swish, and identity (a linear factor)
+ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "swish": nn.SiLU,
+    "identity": nn.Identity,
+}
 
 
 class Hadamard(nn.Module):
-    """The Hadamard representation: branch_a(x) * branch_b(x), the element-wise product of two independently initialised
-    branches, each a layer through the activation."""
+    """A two-branch layer, branch_a(x) * branch_b(x): the element-wise product of two independently initialised branches,
+    each a layer through its activation. The Hadamard representation has --activation in both; the other gates (--gate) a
+    pair of their own: glu sigmoid and identity, swiglu swish and identity, bilinear identity and identity."""
 
-    def __init__(self, make_branch):
+    def __init__(self, branch_a: nn.Module, branch_b: nn.Module):
         super().__init__()
-        self.branch_a = make_branch()
-        self.branch_b = make_branch()
+        self.branch_a, self.branch_b = branch_a, branch_b
 
     def forward(self, x):
         return self.branch_a(x) * self.branch_b(x)
 
 
 class Agent(nn.Module):
-    def __init__(self, num_actions: int, activation: str = "tanh", hadamard: bool = False, width: int = 512):
+    def __init__(
+        self,
+        num_actions: int,
+        activation: str = "tanh",
+        hadamard: bool = False,
+        width: int = 512,
+        gate: str = "hadamard",
+        layer_norm: bool = False,
+    ):
         super().__init__()
+
+        def norm(shape) -> list:
+            """[LayerNorm] with --layer-norm; [] without, which leaves the network (its state dict keys too) as it was."""
+            return [nn.LayerNorm(shape)] if layer_norm else []
+
         self.network = nn.Sequential(
             layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            *norm([32, 20, 20]),
             nn.ReLU(),
             layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            *norm([64, 9, 9]),
             nn.ReLU(),
             layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            *norm([64, 7, 7]),
             nn.ReLU(),
             nn.Flatten(),
         )
         # channels-last: oneDNN's faster conv layout on CPU, the same math (benchmarks/README.md has the gain)
         self.network.to(memory_format=torch.channels_last)
 
-        def branch():
-            return nn.Sequential(layer_init(nn.Linear(64 * 7 * 7, width)), ACTIVATIONS[activation]())
+        def branch(branch_activation: str):
+            return nn.Sequential(layer_init(nn.Linear(64 * 7 * 7, width)), *norm(width), ACTIVATIONS[branch_activation]())
 
-        self.representation = Hadamard(branch) if hadamard else branch()
+        if hadamard:  # branch a, then branch b: the order they draw their initial weights in
+            activation_a, activation_b = common_metrics.gate_activations(gate, activation)
+            self.representation = Hadamard(branch(activation_a), branch(activation_b))
+        else:
+            self.representation = branch(activation)
         self.actor = layer_init(nn.Linear(width, num_actions), std=0.01)
         self.critic = layer_init(nn.Linear(width, 1), std=1)
 
     def hidden_layers(self) -> dict[str, nn.Module]:
         """The modules common_metrics.probe hooks: each conv activation, and the representation."""
+        conv1, conv2, conv3 = (module for module in self.network if isinstance(module, nn.ReLU))
         fc = self.representation if isinstance(self.representation, Hadamard) else self.representation[-1]
-        return {"conv1": self.network[1], "conv2": self.network[3], "conv3": self.network[5], "fc": fc}
+        return {"conv1": conv1, "conv2": conv2, "conv3": conv3, "fc": fc}
 
     def hidden(self, x):
         return self.representation(self.network(x.float() / 255.0))
@@ -438,19 +478,23 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def representation_width(hadamard: bool, param_matched: bool, num_actions: int, width: int = 512) -> int:
+def representation_width(
+    hadamard: bool, param_matched: bool, num_actions: int, layer_norm: bool = False, width: int = 512
+) -> int:
     """512 units, or for `--param-matched` the plain width whose network has the HR network's parameter count.
-    Each representation unit carries 3136 + 1 input parameters per branch and num_actions + 1 head weights."""
+    Each representation unit carries 3136 + 1 input parameters per branch (+ 2 of its LayerNorm with --layer-norm) and
+    num_actions + 1 head weights."""
     if not param_matched:
         return width
-    head = num_actions + 1
-    return round(width * (2 * 3137 + head) / (3137 + head))
+    branch, head = 3137 + 2 * layer_norm, num_actions + 1
+    return round(width * (2 * branch + head) / (branch + head))
 
 
 def variant_name(args) -> str:
     """The variant's name in config.json and in the sweep's run names: the activation, then `_hr` (--hadamard) or `_pm`
-    (--param-matched)."""
-    return args.activation + ("_hr" if args.hadamard else "") + ("_pm" if args.param_matched else "")
+    (--param-matched), or a gate's name alone (`glu`: its activations are its own); then `_ln` (--layer-norm)."""
+    representation = (args.activation + ("_hr" if args.hadamard else "")) if args.gate == "hadamard" else args.gate
+    return representation + ("_pm" if args.param_matched else "") + ("_ln" if args.layer_norm else "")
 
 
 # ----------------------------------------------------------------------------- algorithm
@@ -599,16 +643,24 @@ def load_model(path: str) -> dict:
         fail(f"model file {path} is not a {ALGORITHM.upper()} model of {SCRIPT} (found {found!r})")
     saved = checkpoint.get("args")
     missing = [key for key in ("num_actions", "representation_width", "state_dict") if key not in checkpoint]
-    missing += [f"args.{key}" for key in MODEL_FLAGS if not isinstance(saved, dict) or key not in saved]
+    missing += [
+        f"args.{key}"
+        for key in MODEL_FLAGS
+        if not isinstance(saved, dict) or (key not in saved and key not in ADDED_MODEL_FLAGS)
+    ]
     if missing:
         fail(f"model file {path} lacks {', '.join(missing)}: not written by {SCRIPT} --save-model")
+    for key in ADDED_MODEL_FLAGS:  # a file written before the flag existed: its network is the flag's default
+        saved.setdefault(key, getattr(Args, key))
     return checkpoint
 
 
 def build_network(checkpoint: dict, device) -> nn.Module:
     """The network a model file describes, with its weights; a shape mismatch is a clear error."""
     saved, width = checkpoint["args"], checkpoint["representation_width"]
-    network = Agent(checkpoint["num_actions"], saved["activation"], saved["hadamard"], width)
+    network = Agent(
+        checkpoint["num_actions"], saved["activation"], saved["hadamard"], width, saved["gate"], saved["layer_norm"]
+    )
     try:
         network.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
@@ -979,8 +1031,8 @@ if __name__ == "__main__":
     if model_file is not None:
         agent, width = build_network(model_file, device), model_file["representation_width"]
     else:
-        width = representation_width(args.hadamard, args.param_matched, num_actions)
-        agent = Agent(num_actions, args.activation, args.hadamard, width).to(device)
+        width = representation_width(args.hadamard, args.param_matched, num_actions, args.layer_norm)
+        agent = Agent(num_actions, args.activation, args.hadamard, width, args.gate, args.layer_norm).to(device)
         # CleanRL's Adam; the fused kernel does the same step in one pass over the parameters
         optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
         if resume is not None:

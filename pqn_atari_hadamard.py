@@ -87,13 +87,17 @@ class Args:
 
     # Representation
     activation: Literal["tanh", "relu", "sigmoid", "gelu"] = "tanh"
-    """the activation of the representation (and of the conv layers with --hadamard-scope all; ReLU otherwise)"""
+    """the representation's activation (the conv layers' too with --hadamard-scope all); glu, swiglu, bilinear: their own"""
     hadamard: bool = False
-    """the Hadamard representation: act(LN(W_a z)) * act(LN(W_b z)), the product of two independent normalised layers"""
+    """the Hadamard representation: act(LN(W_a z)) * act(LN(W_b z)), the product of two independent layers (LN: layer norm)"""
+    gate: Literal["hadamard", "glu", "swiglu", "bilinear"] = "hadamard"
+    """--hadamard's product of layers a, b: act(a) * act(b), glu sigmoid(a) * b, swiglu swish(a) * b, bilinear a * b"""
     hadamard_scope: Literal["representation", "all"] = "representation"
     """`representation`: --activation and --hadamard apply to the 3136 -> 512 layer; `all`: to the conv layers too"""
     param_matched: bool = False
     """widen the plain representation to the Hadamard network's parameter count (HR's baseline of equal size)"""
+    layer_norm: bool = True
+    """LayerNorm on each hidden layer's pre-activation, as CleanRL's PQN (layer -> LayerNorm -> activation; HR: per branch)"""
     metrics_interval: int = 50_000
     """log the representation metrics (ranks, dead, dormant and saturated units) every this many env steps (0: never)"""
     metrics_batch_size: int = 1024
@@ -143,7 +147,9 @@ COMPUTED = {"batch_size", "minibatch_size", "num_iterations"}
 ALGORITHM = "pqn"  # config.json's, model files' and checkpoints' name of the algorithm
 SCRIPT = os.path.basename(__file__)
 # the flags a model file fixes: --eval-model takes them from the file
-MODEL_FLAGS = ("env_id", "activation", "hadamard", "hadamard_scope", "param_matched")
+MODEL_FLAGS = ("env_id", "activation", "hadamard", "hadamard_scope", "param_matched", "gate", "layer_norm")
+# the model flags that came after the first model files: a file without one was trained with the flag's default
+ADDED_MODEL_FLAGS = ("gate", "layer_norm")
 REPRESENTATION_WIDTH = 512  # the representation's units (--param-matched widens it)
 
 
@@ -226,6 +232,11 @@ def check_args(args: Args):
         fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
     if args.hadamard and args.param_matched:
         fail("--param-matched widens the plain representation to match --hadamard; use one or the other")
+    if args.gate != "hadamard" and not args.hadamard:
+        fail(f"--gate {args.gate} is a form of the two-branch representation: give it with --hadamard")
+    if args.gate != "hadamard" and args.activation != Args.activation:
+        activations = " and ".join(common_metrics.gate_activations(args.gate))
+        fail(f"--gate {args.gate} has its own activations ({activations}): leave --activation out")
     # ALGO LOGIC: the algorithm's own flags
     for name in ("num_steps", "num_minibatches", "update_epochs"):
         if getattr(args, name) <= 0:
@@ -379,33 +390,47 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+# the representation's activations (--activation), and those of the gates' branches: swish, and identity (a linear factor)
+ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "swish": nn.SiLU,
+    "identity": nn.Identity,
+}
 
 
 class Hadamard(nn.Module):
-    """The Hadamard representation: branch_a(x) * branch_b(x), the element-wise product of two independently initialised
-    branches, each a layer through the activation."""
+    """A two-branch layer, branch_a(x) * branch_b(x): the element-wise product of two independently initialised branches,
+    each a layer through its activation. The Hadamard representation has --activation in both; the other gates (--gate) a
+    pair of their own: glu sigmoid and identity, swiglu swish and identity, bilinear identity and identity."""
 
-    def __init__(self, make_branch):
+    def __init__(self, branch_a: nn.Module, branch_b: nn.Module):
         super().__init__()
-        self.branch_a = make_branch()
-        self.branch_b = make_branch()
+        self.branch_a, self.branch_b = branch_a, branch_b
 
     def forward(self, x):
         return self.branch_a(x) * self.branch_b(x)
 
 
-def normalised_layer(make_linear, norm_shape, activation: str, hadamard: bool) -> nn.Module:
-    """Linear/conv -> LayerNorm -> activation; with `hadamard` two such branches multiplied."""
+def hidden_layer(make_linear, norm_shape, activation: str, hadamard: bool, gate: str, layer_norm: bool) -> nn.Module:
+    """Linear/conv -> LayerNorm (with `layer_norm`) -> activation; with `hadamard` two such branches multiplied, through
+    the gate's activations (each branch normalised on its own)."""
 
-    def branch():
-        return nn.Sequential(layer_init(make_linear()), nn.LayerNorm(norm_shape), ACTIVATIONS[activation]())
+    def branch(branch_activation: str):
+        norm = [nn.LayerNorm(norm_shape)] if layer_norm else []
+        return nn.Sequential(layer_init(make_linear()), *norm, ACTIVATIONS[branch_activation]())
 
-    return Hadamard(branch) if hadamard else branch()
+    if not hadamard:
+        return branch(activation)
+    activation_a, activation_b = common_metrics.gate_activations(gate, activation)
+    return Hadamard(branch(activation_a), branch(activation_b))  # branch a draws its initial weights first
 
 
 class QNetwork(nn.Module):
-    """CleanRL's PQN network (LayerNorm after every hidden layer); the representation `fc` is 3136 -> width."""
+    """CleanRL's PQN network (LayerNorm after every hidden layer, unless --no-layer-norm); the representation `fc` is
+    3136 -> width."""
 
     def __init__(
         self,
@@ -414,14 +439,16 @@ class QNetwork(nn.Module):
         hadamard: bool = False,
         hadamard_scope: str = "representation",
         width: int = REPRESENTATION_WIDTH,
+        gate: str = "hadamard",
+        layer_norm: bool = True,
     ):
         super().__init__()
         conv_act = activation if hadamard_scope == "all" else "relu"
         conv_hr = hadamard and hadamard_scope == "all"
-        self.conv1 = normalised_layer(lambda: nn.Conv2d(4, 32, 8, stride=4), [32, 20, 20], conv_act, conv_hr)
-        self.conv2 = normalised_layer(lambda: nn.Conv2d(32, 64, 4, stride=2), [64, 9, 9], conv_act, conv_hr)
-        self.conv3 = normalised_layer(lambda: nn.Conv2d(64, 64, 3, stride=1), [64, 7, 7], conv_act, conv_hr)
-        self.fc = normalised_layer(lambda: nn.Linear(3136, width), width, activation, hadamard)
+        self.conv1 = hidden_layer(lambda: nn.Conv2d(4, 32, 8, stride=4), [32, 20, 20], conv_act, conv_hr, gate, layer_norm)
+        self.conv2 = hidden_layer(lambda: nn.Conv2d(32, 64, 4, stride=2), [64, 9, 9], conv_act, conv_hr, gate, layer_norm)
+        self.conv3 = hidden_layer(lambda: nn.Conv2d(64, 64, 3, stride=1), [64, 7, 7], conv_act, conv_hr, gate, layer_norm)
+        self.fc = hidden_layer(lambda: nn.Linear(3136, width), width, activation, hadamard, gate, layer_norm)
         self.q = layer_init(nn.Linear(width, num_actions))
 
     def forward(self, x):
@@ -430,7 +457,7 @@ class QNetwork(nn.Module):
         return self.q(self.fc(x.flatten(1)))
 
     def hidden_layers(self) -> dict:
-        """The hidden layers for `common_metrics.probe`: an HR module or the plain layer's activation module."""
+        """The hidden layers for `common_metrics.probe`: a two-branch module (HR or a gate) or a plain layer's activation."""
         return {
             name: (m if isinstance(m, Hadamard) else m[-1])
             for name in ("conv1", "conv2", "conv3", "fc")
@@ -443,27 +470,36 @@ def num_parameters(model: nn.Module) -> int:
 
 
 def representation_width(
-    param_matched: bool, num_actions: int, activation: str = "tanh", hadamard_scope: str = "representation"
+    param_matched: bool,
+    num_actions: int,
+    activation: str = "tanh",
+    hadamard_scope: str = "representation",
+    layer_norm: bool = True,
 ) -> int:
     """512 units, or for `--param-matched` the plain width whose network has the parameter count closest to the HR
     network's."""
     if not param_matched:
         return REPRESENTATION_WIDTH
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        target = num_parameters(QNetwork(num_actions, activation, True, hadamard_scope))
-        base = num_parameters(QNetwork(num_actions, activation, False, hadamard_scope, REPRESENTATION_WIDTH))
-        per_unit = num_parameters(QNetwork(num_actions, activation, False, hadamard_scope, REPRESENTATION_WIDTH + 1)) - base
-    return REPRESENTATION_WIDTH + round((target - base) / per_unit)
+
+    def count(hadamard: bool, width: int) -> int:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            return num_parameters(QNetwork(num_actions, activation, hadamard, hadamard_scope, width, layer_norm=layer_norm))
+
+    base = count(False, REPRESENTATION_WIDTH)
+    per_unit = count(False, REPRESENTATION_WIDTH + 1) - base
+    return REPRESENTATION_WIDTH + round((count(True, REPRESENTATION_WIDTH) - base) / per_unit)
 
 
 def variant_name(args) -> str:
-    """The variant's name in config.json and in the sweep's run names: the activation, then `_hr` (--hadamard), `_all`
-    (--hadamard-scope all) and `_pm` (--param-matched)."""
+    """The variant's name in config.json and in the sweep's run names: the activation, then `_hr` (--hadamard), or a
+    gate's name alone (`glu`: its activations are its own); then `_all` (--hadamard-scope all), `_pm` (--param-matched)
+    and `_noln` (--no-layer-norm)."""
+    representation = (args.activation + ("_hr" if args.hadamard else "")) if args.gate == "hadamard" else args.gate
     return (
-        args.activation
-        + ("_hr" if args.hadamard else "")
+        representation
         + ("_all" if args.hadamard_scope == "all" else "")
         + ("_pm" if args.param_matched else "")
+        + ("" if args.layer_norm else "_noln")
     )
 
 
@@ -557,16 +593,30 @@ def load_model(path: str) -> dict:
         fail(f"model file {path} is not a {ALGORITHM.upper()} model of {SCRIPT} (found {found!r})")
     saved = checkpoint.get("args")
     missing = [key for key in ("num_actions", "representation_width", "state_dict") if key not in checkpoint]
-    missing += [f"args.{key}" for key in MODEL_FLAGS if not isinstance(saved, dict) or key not in saved]
+    missing += [
+        f"args.{key}"
+        for key in MODEL_FLAGS
+        if not isinstance(saved, dict) or (key not in saved and key not in ADDED_MODEL_FLAGS)
+    ]
     if missing:
         fail(f"model file {path} lacks {', '.join(missing)}: not written by {SCRIPT} --save-model")
+    for key in ADDED_MODEL_FLAGS:  # a file written before the flag existed: its network is the flag's default
+        saved.setdefault(key, getattr(Args, key))
     return checkpoint
 
 
 def build_network(checkpoint: dict, device) -> nn.Module:
     """The network a model file describes, with its weights; a shape mismatch is a clear error."""
     saved, width = checkpoint["args"], checkpoint["representation_width"]
-    network = QNetwork(checkpoint["num_actions"], saved["activation"], saved["hadamard"], saved["hadamard_scope"], width)
+    network = QNetwork(
+        checkpoint["num_actions"],
+        saved["activation"],
+        saved["hadamard"],
+        saved["hadamard_scope"],
+        width,
+        saved["gate"],
+        saved["layer_norm"],
+    )
     try:
         network.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
@@ -937,8 +987,10 @@ if __name__ == "__main__":
     if model_file is not None:
         q_network, width = build_network(model_file, device), model_file["representation_width"]
     else:
-        width = representation_width(args.param_matched, num_actions, args.activation, args.hadamard_scope)
-        q_network = QNetwork(num_actions, args.activation, args.hadamard, args.hadamard_scope, width).to(device)
+        width = representation_width(args.param_matched, num_actions, args.activation, args.hadamard_scope, args.layer_norm)
+        q_network = QNetwork(
+            num_actions, args.activation, args.hadamard, args.hadamard_scope, width, args.gate, args.layer_norm
+        ).to(device)
         optimizer = optim.RAdam(q_network.parameters(), lr=args.learning_rate)
         if resume is not None:
             check_checkpoint(resume, checkpoint_path, optimizer, state_dict=q_network)

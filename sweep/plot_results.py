@@ -30,7 +30,9 @@ CURVES = {  # file suffix: (tag, axis label)
 }
 STEP_METRICS = {"dead_fraction": 3, "effective_rank": 1, "srank": 1}  # the table at fixed steps: metric -> digits
 RUN_METRICS = ["dead_fraction", "srank", "effective_rank", "dormant_fraction"]  # results.csv: each run's last value
-VARIANT_ORDER = ["relu", "tanh", "tanh_hr", "tanh_pm"]  # the paper's comparison first, any other after
+VARIANT_ORDER = ["relu", "tanh", "tanh_hr", "tanh_pm", "glu", "swiglu", "bilinear"]  # the paper's comparison, the gates
+# then the same with the LayerNorm switched (PPO and DQN `_ln`: on; PQN `_noln`: off); any other variant after all these
+VARIANT_ORDER += [variant + switch for switch in ("_ln", "_noln") for variant in VARIANT_ORDER]
 ALGORITHM_ORDER = ["dqn", "ppo", "pqn"]
 
 # config.json keys that do not change what is learned: runs that differ only in these are seeds of one group.
@@ -70,13 +72,16 @@ IGNORED_CONFIG_KEYS = frozenset(
         "sticky_action_probability",
     }
 )
-VARIANT_KEYS = frozenset({"activation", "hadamard", "param_matched", "representation_width"})  # spelled by the variant name
+# spelled by the variant name
+VARIANT_KEYS = frozenset({"activation", "hadamard", "gate", "param_matched", "layer_norm", "representation_width"})
 # computed at start from num_envs, num_steps, num_minibatches and total_timesteps (DQN's batch_size is a hyperparameter)
 DERIVED_KEYS = {algorithm: {"batch_size", "minibatch_size", "num_iterations"} for algorithm in ("ppo", "pqn")}
 LABEL_ORDER = ["env_id", "sticky_action_probability", "total_timesteps", "learning_rate", "num_envs"]  # then by name
 
 # Readable names, and one colour and marker per variant in every figure; LINESTYLES tell settings of one variant apart.
 ACTIVATION_NAMES = {"relu": "ReLU", "tanh": "tanh", "gelu": "GELU", "sigmoid": "sigmoid"}
+GATE_NAMES = {"glu": "GLU", "swiglu": "SwiGLU", "bilinear": "bilinear"}
+SUFFIX_NAMES = {"_all": "all layers", "_pm": "param-matched", "_ln": "LayerNorm", "_noln": "no LayerNorm"}
 VARIANT_STYLES = {"relu": ("#7f7f7f", "s"), "tanh": ("#d62728", "o"), "tanh_hr": ("#1f77b4", "D"), "tanh_pm": ("#ff7f0e", "^")}
 OTHER_STYLES = [("#2ca02c", "v"), ("#9467bd", "P"), ("#8c564b", "X"), ("#e377c2", "*"), ("#17becf", "p"), ("#bcbd22", "h")]
 LINESTYLES = ["-", "--", ":", "-."]
@@ -349,13 +354,14 @@ def steps_label(x: float, _=None) -> str:
 
 
 def variant_label(variant: str, details=()) -> str:
-    """`tanh_hr` -> `tanh + HR`, `tanh_pm` with details ["lr 0.001"] -> `tanh (param-matched, lr 0.001)`."""
-    match = re.fullmatch(r"([a-z]+)(_hr)?(_pm)?", variant)
+    """`tanh_hr` -> `tanh + HR`, `tanh_pm` with details ["lr 0.001"] -> `tanh (param-matched, lr 0.001)`, `glu_ln` ->
+    `GLU (LayerNorm)`, PQN's `tanh_hr_all_noln` -> `tanh + HR (all layers, no LayerNorm)`."""
+    match = re.fullmatch(r"([a-z]+)(_hr)?(_all)?(_pm)?(_ln|_noln)?", variant)
     if not match:
         name, qualifiers = variant, []
     else:
-        name = ACTIVATION_NAMES.get(match[1], match[1]) + (" + HR" if match[2] else "")
-        qualifiers = ["param-matched"] if match[3] else []
+        name = {**ACTIVATION_NAMES, **GATE_NAMES}.get(match[1], match[1]) + (" + HR" if match[2] else "")
+        qualifiers = [SUFFIX_NAMES[suffix] for suffix in match.groups()[2:] if suffix]
     qualifiers += list(details)
     return f"{name} ({', '.join(qualifiers)})" if qualifiers else name
 

@@ -32,6 +32,14 @@ BAD_FLAGS = [
         "--learning-starts 1000 is not below --total-timesteps 1000: the run would never learn",
     ),
     ([DQN, PQN], ["--start-e", "0.01", "--end-e", "0.5"], "--start-e 0.01 is below --end-e 0.5"),
+    (SCRIPTS, ["--gate", "glu"], "--gate glu is a form of the two-branch representation: give it with --hadamard"),
+    (SCRIPTS, ["--gate", "swiglu", "--param-matched"], "--gate swiglu is a form of the two-branch representation"),
+    (
+        SCRIPTS,
+        ["--hadamard", "--gate", "bilinear", "--activation", "relu"],
+        "--gate bilinear has its own activations (identity and identity): leave --activation out",
+    ),
+    ([PPO], ["--gate", "lstm"], "invalid choice 'lstm' for argument '--gate'"),
 ]
 
 
@@ -100,6 +108,9 @@ def test_eval_model_with_network_flags_other_than_the_models(workdir, script):
     ]
     if script == PQN:
         cases.append((["--hadamard-scope", "all"], "trained with --hadamard-scope representation, not all"))
+        cases.append((["--no-layer-norm"], "trained with --layer-norm True, not False"))
+    else:
+        cases.append((["--layer-norm"], "trained with --layer-norm False, not True"))
     for flags, message in cases:
         line = run_fails(script, "--eval-model", "model.pt", *flags, cwd=workdir)
         assert line.startswith("error: model file model.pt was trained") and message in line, line

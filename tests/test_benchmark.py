@@ -65,6 +65,12 @@ def arg(command: str, flag: str) -> str:
     return words[words.index(flag) + 1]
 
 
+def variant_flags_of(command: str) -> list[str]:
+    """The flags of a sweep's command that its variant gives (between --seed's value and --run-name)."""
+    words = command.split()
+    return words[words.index("--seed") + 2 : words.index("--run-name")]
+
+
 @pytest.fixture
 def fake_python(workdir: Path) -> str:
     path = workdir / "fake_python"
@@ -90,15 +96,32 @@ def test_dry_run_prints_the_paper_comparison_and_runs_nothing(workdir):
         env_id, stem, variant, seed = name.split("__")
         assert arg(line, "--env-id") == env_id and arg(line, "--seed") == seed
         assert line.split()[3] == str(ROOT / f"{stem}.py")
-        words = line.split()
-        flags = words[words.index("--seed") + 2 : words.index("--run-name")]
-        assert flags == VARIANT_FLAGS[variant], line
+        assert variant_flags_of(line) == VARIANT_FLAGS[variant], line
         assert "--total-timesteps" not in line  # each script's own budget
         names.add((env_id, stem, variant, seed))
     games = {f"{g}NoFrameskip-v4" for g in ["Breakout", "Pong", "BeamRider", "SpaceInvaders", "MsPacman"]}
     assert {n[0] for n in names} == games
     assert {n[1] for n in names} == {"ppo_atari_hadamard", "dqn_atari_hadamard", "pqn_atari_hadamard"}
     assert {n[3] for n in names} == {"1", "2", "3"} and len(names) == len(lines)
+    assert list(workdir.iterdir()) == []
+
+
+def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
+    """The gates and `_ln` (PPO, DQN: --layer-norm) or `_noln` (PQN: --no-layer-norm) after a variant, for each script."""
+    gates = {gate: ["--hadamard", "--gate", gate] for gate in ("glu", "swiglu", "bilinear")}
+    expected = {
+        "ppo_atari_hadamard": {"tanh_ln": ["--layer-norm"], "tanh_hr_ln": ["--hadamard", "--layer-norm"], **gates},
+        "dqn_atari_hadamard": {"relu_pm_ln": ["--activation", "relu", "--param-matched", "--layer-norm"]},
+        "pqn_atari_hadamard": {
+            "tanh_noln": ["--no-layer-norm"],
+            "tanh_hr_noln": ["--hadamard", "--no-layer-norm"],
+            "glu_noln": ["--hadamard", "--gate", "glu", "--no-layer-norm"],
+        },
+    }
+    for stem, variants in expected.items():
+        sweep = ["--scripts", stem.split("_")[0], "--variants", ",".join(variants), "--games", "Breakout", "--seeds", "1"]
+        lines = commands(bench(*sweep, "--dry-run", cwd=workdir))
+        assert {arg(line, "--run-name").split("__")[2]: variant_flags_of(line) for line in lines} == variants
     assert list(workdir.iterdir()) == []
 
 
@@ -117,6 +140,12 @@ def test_dry_run_prints_the_paper_comparison_and_runs_nothing(workdir):
             "SCRIPT_ARGS sets --hadamard, which the sweep varies: use benchmark.sh --variants",
         ),
         ([], {"PPO_ARGS": "--num-envs 4 --run-name mine"}, "PPO_ARGS sets --run-name"),
+        (
+            [],
+            {"PQN_ARGS": "--no-layer-norm"},
+            "PQN_ARGS sets --no-layer-norm, which the sweep varies: use benchmark.sh --variants",
+        ),
+        (["--", "--gate", "glu"], {}, "a flag after -- sets --gate, which the sweep varies"),
         (["--games", "Breakout,Foo"], {}, "unknown game 'Foo' (not an ale-py ROM)"),
         (["--games", "Breakot"], {}, "unknown game 'Breakot' (not an ale-py ROM); did you mean Breakout"),
         (
@@ -196,6 +225,12 @@ def test_quick_profile_dry_run(workdir):
     "args, message",
     [
         (["--variants", "tanh,tanh_xx"], "unknown variant 'tanh_xx'"),
+        (["--variants", "glu_hr"], "unknown variant 'glu_hr'"),
+        (["--scripts", "ppo", "--variants", "tanh,tanh_noln"], "variant 'tanh_noln' is not one of ppo_atari_hadamard.py's"),
+        (
+            ["--scripts", "pqn", "--variants", "glu_ln"],
+            "variant 'glu_ln' is not one of pqn_atari_hadamard.py's: it has LayerNorm",
+        ),
         (["--jobs", "0"], "--jobs must be a positive integer"),
         (["--scripts", "sac"], "sac_atari_hadamard.py not found"),
         (["--seeds", "1,b"], "seeds must be integers"),

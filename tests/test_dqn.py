@@ -303,13 +303,14 @@ def test_td_update_target_bootstraps_unless_terminated():
     torch.testing.assert_close(q_mean, q.mean())
 
 
-def test_param_matched_network_has_the_hadamard_parameter_count():
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_param_matched_network_has_the_hadamard_parameter_count(layer_norm):
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     for num_actions in (4, 18):
-        hadamard = count(dqn.QNetwork(num_actions, hadamard=True))
-        width = dqn.representation_width(False, True, num_actions)
-        matched = count(dqn.QNetwork(num_actions, width=width))
-        assert abs(matched - hadamard) <= (3137 + num_actions) / 2, (matched, hadamard)
+        hadamard = count(dqn.QNetwork(num_actions, hadamard=True, layer_norm=layer_norm))
+        width = dqn.representation_width(False, True, num_actions, layer_norm)
+        matched = count(dqn.QNetwork(num_actions, width=width, layer_norm=layer_norm))
+        assert abs(matched - hadamard) <= (3137 + 2 * layer_norm + num_actions) / 2, (matched, hadamard)
         assert width > 512
 
 
@@ -331,15 +332,20 @@ def test_env_id_styles():
 
 
 # ----------------------------------------------------------------------------- end to end
-def expected_representation_tags(activation: str, hadamard: bool) -> set[str]:
-    net = dqn.QNetwork(4, activation, hadamard)
+def expected_representation_tags(config: dict) -> set[str]:
+    net = dqn.QNetwork(4, config["activation"], config["hadamard"], gate=config["gate"], layer_norm=config["layer_norm"])
     obs = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
     return set(common_metrics.probe(net, obs, net.hidden_layers(), "fc"))
 
 
 @pytest.mark.parametrize(
     "flags, variant",
-    [([], "tanh"), (["--hadamard", "--num-envs", "2"], "tanh_hr"), (["--activation", "relu", "--param-matched"], "relu_pm")],
+    [
+        ([], "tanh"),
+        (["--hadamard", "--num-envs", "2"], "tanh_hr"),
+        (["--activation", "relu", "--param-matched"], "relu_pm"),
+        (["--layer-norm", "--hadamard", "--gate", "swiglu"], "swiglu_ln"),
+    ],
 )
 def test_tiny_run_logs_every_metric(workdir, flags, variant):
     run_dir = run_ok(SCRIPT, *TINY, *flags, cwd=workdir)
@@ -350,7 +356,7 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
         512 if "_pm" not in variant else dqn.representation_width(False, True, 4)
     )
     assert (run_dir / "done.json").exists()
-    representation_tags = expected_representation_tags(config["activation"], config["hadamard"])
+    representation_tags = expected_representation_tags(config)
     some = {"representation/srank", "representation/dead_fraction", "representation/conv1/dormant_fraction"}
     assert some <= representation_tags
     for tag in representation_tags | {"charts/SPS", "losses/td_loss", "losses/q_values", "charts/epsilon"}:

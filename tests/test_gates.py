@@ -1,16 +1,22 @@
-"""Tests of common_metrics.py on the two-branch gate family: hadamard, glu, swiglu, bilinear.
+"""The two-branch gate family: hadamard, glu, swiglu, bilinear. In common_metrics.py and in the three scripts' networks.
 
 Worked values of the dead rule per gate (`dead_units`), the dormant score of the product (`dormant_units`), the
 probe's tags for a gate layer, and the unchanged numbers of plain and HR layers against a frozen copy of the
-metrics as they were before the gates (the `old_` functions below)."""
+metrics as they were before the gates (the `old_` functions below). Then the scripts' `--gate` (each gate's formula,
+HR's shape), `--layer-norm` (its placement), their model files, and the networks of the earlier flags, unchanged."""
 
 import math
+import typing
 
 import pytest
 import torch
 import torch.nn as nn
 
 import common_metrics as cm
+import dqn_atari_hadamard as dqn
+import ppo_atari_hadamard as ppo
+import pqn_atari_hadamard as pqn
+from conftest import assert_same_state
 
 
 def cols(*units) -> torch.Tensor:
@@ -573,3 +579,144 @@ def test_probe_hr_tanh_and_relu_unchanged(activation, kwargs):
     new = cm.probe(model, obs, layers, "fc", chunk_size=8, **kwargs)
     old = old_probe(model, obs, layers, "fc", chunk_size=8, **kwargs)
     assert list(new.items()) == list(old.items())
+
+
+# ----------------------------------------------------------------------------- the gates and LayerNorm in the scripts
+SCRIPTS = {"ppo": ppo, "dqn": dqn, "pqn": pqn}
+# each gate's output from its branches' pre-activations z_a, z_b, as its formula reads
+GATE_FORMULAS = {
+    "hadamard": lambda za, zb: torch.tanh(za) * torch.tanh(zb),
+    "glu": lambda za, zb: torch.sigmoid(za) * zb,
+    "swiglu": lambda za, zb: za * torch.sigmoid(za) * zb,
+    "bilinear": lambda za, zb: za * zb,
+}
+
+
+def network(script: str, **flags) -> nn.Module:
+    """The script's network (PPO's Agent, DQN's and PQN's QNetwork) for 4 actions."""
+    return (ppo.Agent if script == "ppo" else SCRIPTS[script].QNetwork)(4, **flags)
+
+
+def pre_activation(branch: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """W x + b of the branch's layer, normalised by its LayerNorm when it has one."""
+    z = x @ branch[0].weight.T + branch[0].bias
+    norm = branch[1] if isinstance(branch[1], nn.LayerNorm) else None
+    return z if norm is None else nn.functional.layer_norm(z, (z.shape[-1],), norm.weight, norm.bias, norm.eps)
+
+
+@pytest.mark.parametrize("gate", cm.GATES)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_gate_is_its_formula_with_hrs_shape(script, gate):
+    """The representation of `--hadamard --gate <gate>` is the gate's formula of its two layers, the module the probe
+    hooks (its branches ending in the gate's activations), with HR's parameters and state dict shapes."""
+    assert gate in typing.get_args(SCRIPTS[script].Args.__annotations__["gate"])  # a --gate choice
+    torch.manual_seed(0)
+    net = network(script, hadamard=True, gate=gate, layer_norm=False)
+    layer = net.hidden_layers()["fc"]
+    assert cm.is_hadamard(layer) and cm.branch_activations(layer) == cm.gate_activations(gate)
+    x = torch.randn(5, 3136)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            layer(x), GATE_FORMULAS[gate](pre_activation(layer.branch_a, x), pre_activation(layer.branch_b, x))
+        )
+    hr = network(script, hadamard=True, layer_norm=False)
+    assert [(k, v.shape) for k, v in net.state_dict().items()] == [(k, v.shape) for k, v in hr.state_dict().items()]
+    assert SCRIPTS[script].num_parameters(net) == SCRIPTS[script].num_parameters(hr)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_layer_norm_normalises_each_hidden_layer_and_each_branch_on_its_own(script):
+    """With LayerNorm (PPO's and DQN's --layer-norm, PQN's default) every activation follows a LayerNorm of its layer's
+    output (conv or linear -> LayerNorm -> activation), each branch with its own; without (PQN's --no-layer-norm, PPO's
+    and DQN's default) the network has no LayerNorm."""
+    torch.manual_seed(0)
+    net = network(script, hadamard=True, layer_norm=True)
+    leaves = [module for module in net.modules() if not list(module.children())]  # in the order they are applied
+    activations = [i for i, module in enumerate(leaves) if isinstance(module, (nn.ReLU, nn.Tanh))]
+    assert len(activations) == 5  # three conv layers and the two branches
+    for i in activations:
+        assert isinstance(leaves[i - 1], nn.LayerNorm) and isinstance(leaves[i - 2], (nn.Conv2d, nn.Linear)), leaves[i - 2 : i]
+    layer = net.hidden_layers()["fc"]
+    assert layer.branch_a[1] is not layer.branch_b[1]
+    with torch.no_grad():  # LayerNorms of their own: a shared one, or one normalising the product, would differ here
+        layer.branch_a[1].weight.uniform_(0.5, 2.0)
+        layer.branch_b[1].bias.uniform_(-1.0, 1.0)
+        x = torch.randn(5, 3136)
+        expected = torch.tanh(pre_activation(layer.branch_a, x)) * torch.tanh(pre_activation(layer.branch_b, x))
+        torch.testing.assert_close(layer(x), expected)
+        obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+        assert (net.get_value(obs) if script == "ppo" else net(obs)).shape[0] == 2
+    assert not any(isinstance(module, nn.LayerNorm) for module in network(script, hadamard=True, layer_norm=False).modules())
+
+
+def weights(name: str, *shape: int) -> dict:
+    """A conv or linear layer's {key: shape}: its weight, and its bias of one value per output."""
+    return {f"{name}.weight": shape, f"{name}.bias": shape[:1]}
+
+
+def norm(name: str, *shape: int) -> dict:
+    """A LayerNorm's {key: shape}."""
+    return {f"{name}.weight": shape, f"{name}.bias": shape}
+
+
+def state_dict_before(script: str, hadamard: bool) -> dict:
+    """The state dict's {key: shape}, keys in order, of the plain or HR network of the script's defaults as it was before
+    --gate and --layer-norm."""
+    if script == "pqn":
+        convs = {
+            **weights("conv1.0", 32, 4, 8, 8),
+            **norm("conv1.1", 32, 20, 20),
+            **weights("conv2.0", 64, 32, 4, 4),
+            **norm("conv2.1", 64, 9, 9),
+            **weights("conv3.0", 64, 64, 3, 3),
+            **norm("conv3.1", 64, 7, 7),
+        }
+    else:
+        convs = {
+            **weights("network.0", 32, 4, 8, 8),
+            **weights("network.2", 64, 32, 4, 4),
+            **weights("network.4", 64, 64, 3, 3),
+        }
+    name = "fc" if script == "pqn" else "representation"
+
+    def layer(prefix: str) -> dict:  # the 3136 -> 512 layer (PQN's with its LayerNorm)
+        return {**weights(f"{prefix}.0", 512, 3136), **(norm(f"{prefix}.1", 512) if script == "pqn" else {})}
+
+    representation = {**layer(f"{name}.branch_a"), **layer(f"{name}.branch_b")} if hadamard else layer(name)
+    heads = {**weights("actor", 4, 512), **weights("critic", 1, 512)} if script == "ppo" else weights("q", 4, 512)
+    return {**convs, **representation, **heads}
+
+
+@pytest.mark.parametrize("hadamard", [False, True])
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_networks_of_the_earlier_flags_are_unchanged(script, hadamard):
+    """The plain and HR networks of each script's defaults have the state dict they had (the same keys in the same order,
+    so the layers draw their initial weights in the same order, and the same shapes) and the probe hooks the same
+    modules."""
+    net = network(script, hadamard=hadamard)
+    assert [(key, tuple(value.shape)) for key, value in net.state_dict().items()] == list(
+        state_dict_before(script, hadamard).items()
+    )
+    layers = net.hidden_layers()
+    assert [type(layers[name]) for name in ("conv1", "conv2", "conv3")] == [nn.ReLU] * 3
+    assert type(layers["fc"]) is (SCRIPTS[script].Hadamard if hadamard else nn.Tanh)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_model_files_rebuild_the_gate_and_layer_norm_and_older_files_load(script, tmp_path):
+    """A model file records --gate and --layer-norm and build_network rebuilds that network; a file written before these
+    flags (its args lack them) loads as the network of their defaults."""
+    module = SCRIPTS[script]
+    switched = not module.Args.layer_norm  # PPO's and DQN's --layer-norm, PQN's --no-layer-norm
+    net = network(script, hadamard=True, gate="swiglu", layer_norm=switched)
+    torch.save(module.model_state(module.Args(hadamard=True, gate="swiglu", layer_norm=switched), net, 4), tmp_path / "a.pt")
+    rebuilt = module.build_network(module.load_model(str(tmp_path / "a.pt")), "cpu")
+    assert_same_state(rebuilt.state_dict(), net.state_dict())
+    assert cm.branch_activations(rebuilt.hidden_layers()["fc"]) == ("swish", "identity")
+
+    older = module.model_state(module.Args(hadamard=True), network(script, hadamard=True), 4)
+    older["args"] = {key: value for key, value in older["args"].items() if key not in ("gate", "layer_norm")}
+    torch.save(older, tmp_path / "older.pt")
+    model_file = module.load_model(str(tmp_path / "older.pt"))
+    assert (model_file["args"]["gate"], model_file["args"]["layer_norm"]) == ("hadamard", module.Args.layer_norm)
+    assert_same_state(module.build_network(model_file, "cpu").state_dict(), older["state_dict"])

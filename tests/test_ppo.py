@@ -34,16 +34,22 @@ SCRIPT = "ppo_atari_hadamard.py"
 TINY = [*SMALL_ROLLOUT, *"--total-timesteps 128 --metrics-interval 64 --metrics-batch-size 32".split()]
 
 
-def expected_representation_tags(activation: str, hadamard: bool) -> set[str]:
-    """The tags the probe gives for this variant's network, computed on a network built here."""
-    agent = ppo.Agent(4, activation, hadamard)
+def expected_representation_tags(config: dict) -> set[str]:
+    """The tags the probe gives for this run's network, computed on a network built here."""
+    agent = ppo.Agent(4, config["activation"], config["hadamard"], gate=config["gate"], layer_norm=config["layer_norm"])
     obs = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
     return set(common_metrics.probe(agent, obs, agent.hidden_layers(), "fc", forward=agent.get_value))
 
 
 @pytest.mark.parametrize(
     "flags, variant",
-    [([], "tanh"), (["--hadamard"], "tanh_hr"), (["--activation", "relu"], "relu"), (["--param-matched"], "tanh_pm")],
+    [
+        ([], "tanh"),
+        (["--hadamard"], "tanh_hr"),
+        (["--activation", "relu"], "relu"),
+        (["--param-matched"], "tanh_pm"),
+        (["--layer-norm", "--hadamard", "--gate", "glu"], "glu_ln"),
+    ],
 )
 def test_tiny_run_logs_every_metric(workdir, flags, variant):
     run_dir = run_ok(SCRIPT, *TINY, *flags, cwd=workdir)
@@ -52,7 +58,7 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
     assert config["variant"] == variant and config["algorithm"] == "ppo"
     assert (run_dir / "done.json").exists()
 
-    representation_tags = expected_representation_tags(config["activation"], config["hadamard"])
+    representation_tags = expected_representation_tags(config)
     some = {"representation/srank", "representation/dead_fraction", "representation/conv1/dormant_fraction"}
     assert some <= representation_tags
     logged = {"charts/SPS", "losses/value_loss", "losses/policy_loss", "losses/entropy", "charts/learning_rate"}
@@ -64,20 +70,25 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
     assert scalars["charts/SPS"][-1][1] > 0
 
 
-def test_param_matched_network_has_the_hadamard_parameter_count():
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_param_matched_network_has_the_hadamard_parameter_count(layer_norm):
     count = lambda agent: sum(p.numel() for p in agent.parameters())  # noqa: E731
     for num_actions in (4, 18):
-        hadamard = count(ppo.Agent(num_actions, hadamard=True))
-        width = ppo.representation_width(False, True, num_actions)
-        matched = count(ppo.Agent(num_actions, width=width))
-        per_unit = 3137 + num_actions + 1
+        hadamard = count(ppo.Agent(num_actions, hadamard=True, layer_norm=layer_norm))
+        width = ppo.representation_width(False, True, num_actions, layer_norm)
+        matched = count(ppo.Agent(num_actions, width=width, layer_norm=layer_norm))
+        per_unit = 3137 + 2 * layer_norm + num_actions + 1
         assert abs(matched - hadamard) <= per_unit / 2, (matched, hadamard)
         assert width > 512
 
 
 def test_hadamard_layer_multiplies_two_independent_branches():
     torch.manual_seed(0)
-    layer = ppo.Hadamard(lambda: torch.nn.Sequential(ppo.layer_init(torch.nn.Linear(6, 5)), torch.nn.Tanh()))
+
+    def branch():
+        return torch.nn.Sequential(ppo.layer_init(torch.nn.Linear(6, 5)), torch.nn.Tanh())
+
+    layer = ppo.Hadamard(branch(), branch())
     wa, wb = layer.branch_a[0].weight, layer.branch_b[0].weight
     assert wa.data_ptr() != wb.data_ptr() and not torch.equal(wa, wb)
     x = torch.randn(3, 6)

@@ -128,13 +128,14 @@ def test_network_variants(hadamard, scope):
             assert math.isfinite(tags[f"representation/{layer}/{metric}"])
 
 
+@pytest.mark.parametrize("layer_norm", [True, False])
 @pytest.mark.parametrize("scope", ["representation", "all"])
-def test_param_matched_width_matches_the_hr_count(scope):
-    width = pqn.representation_width(True, 4, "tanh", scope)
+def test_param_matched_width_matches_the_hr_count(scope, layer_norm):
+    width = pqn.representation_width(True, 4, "tanh", scope, layer_norm)
     with torch.device("meta"):
-        hr = pqn.num_parameters(pqn.QNetwork(4, "tanh", True, scope))
-        plain = pqn.num_parameters(pqn.QNetwork(4, "tanh", False, scope, width))
-        per_unit = pqn.num_parameters(pqn.QNetwork(4, "tanh", False, scope, width + 1)) - plain
+        hr = pqn.num_parameters(pqn.QNetwork(4, "tanh", True, scope, layer_norm=layer_norm))
+        plain = pqn.num_parameters(pqn.QNetwork(4, "tanh", False, scope, width, layer_norm=layer_norm))
+        per_unit = pqn.num_parameters(pqn.QNetwork(4, "tanh", False, scope, width + 1, layer_norm=layer_norm)) - plain
     assert width > 512 and abs(plain - hr) <= per_unit / 2
 
 
@@ -258,6 +259,15 @@ def test_hadamard_scope_all_and_param_matched(workdir):
     config = read_config(run_dir)
     assert config["variant"].endswith("_pm") and config["representation_width"] > 512
     assert abs(config["num_parameters"] - hr_count) < 4000
+
+
+def test_gate_without_layer_norm_end_to_end(workdir):
+    run_dir = run_ok(SCRIPT, *TINY, "--no-layer-norm", "--hadamard", "--gate", "bilinear", cwd=workdir)
+    scalars = check_run(run_dir, hr_layers=("fc",))
+    assert "representation/saturation_fraction" not in scalars  # neither factor of a bilinear layer saturates
+    config = read_config(run_dir)
+    assert config["variant"] == "bilinear_noln" and (config["gate"], config["layer_norm"]) == ("bilinear", False)
+    assert config["num_parameters"] == pqn.num_parameters(pqn.QNetwork(4, hadamard=True, layer_norm=False))
 
 
 def test_tanh_hr_save_video_and_eval_model(workdir):

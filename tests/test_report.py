@@ -388,3 +388,28 @@ def test_reports_of_the_same_runs_are_identical(workdir, capsys, monkeypatch):
         assert (workdir / "first" / name).read_bytes() == (workdir / "second" / name).read_bytes(), name
     for name in ["results.md", "results.csv", "representation.csv"]:
         assert str(workdir) not in (workdir / "first" / name).read_text()
+
+
+def test_gate_and_layer_norm_variants_are_named_and_ordered(workdir, capsys):
+    """The gates and the LayerNorm switch have readable names; the tables list the paper's variants, then the gates, then
+    the variants with the LayerNorm switched; `gate` and `layer_norm` are spelled by the variant, not a group's setting."""
+    names = {
+        "glu": "GLU",
+        "swiglu_ln": "SwiGLU (LayerNorm)",
+        "bilinear": "bilinear",
+        "tanh_hr_ln": "tanh + HR (LayerNorm)",
+        "tanh_pm_ln": "tanh (param-matched, LayerNorm)",
+        "tanh_noln": "tanh (no LayerNorm)",
+        "tanh_hr_all_noln": "tanh + HR (all layers, no LayerNorm)",
+    }
+    assert {variant: plot_results.variant_label(variant) for variant in names} == names
+    runs = workdir / "runs"
+    configs = {"tanh_ln": {"layer_norm": True}, "glu": {"hadamard": True, "gate": "glu"}, "tanh_hr": {"hadamard": True}}
+    for variant, config in {**configs, "tanh": {}}.items():
+        make_run(runs, "ppo", variant, returns=[1.0] * 20, **config)
+    markdown, err = report(runs, workdir / "out", capsys)
+    assert "different settings" not in err
+    first_table = [
+        cells[1] for cells in (line.strip("|").split("|") for line in markdown.splitlines()) if cells[0].strip() == "Breakout"
+    ]
+    assert [label.strip() for label in first_table[:4]] == ["tanh", "tanh + HR", "GLU", "tanh (LayerNorm)"]

@@ -36,7 +36,7 @@ SHARED = {
     "num_parameters": (SCRIPTS, None),
     # model files: loading them, and the network they describe (its constructor is the algorithm's)
     "load_model": (SCRIPTS, None),
-    "build_network": (SCRIPTS, r"    network = (Agent|QNetwork)\(.*\)\n"),
+    "build_network": (SCRIPTS, r"(?s)    network = (Agent|QNetwork)\(.*?\)\n(?=    try:)"),
 }
 
 
