@@ -541,7 +541,8 @@ def recycle_units(
         for branch in branches:
             for layer in branch:
                 if isinstance(layer, (nn.Linear, nn.Conv2d)):
-                    fresh = copy.deepcopy(layer).cpu()
+                    # a contiguous CPU copy: channels-last conv weights cannot be filled by orthogonal_
+                    fresh = copy.deepcopy(layer).to("cpu", memory_format=torch.contiguous_format)
                     init(fresh, generator=generator)
                     _set_units(layer.weight, mask, fresh.weight.to(layer.weight.device)[mask], optimizer)
                     if layer.bias is not None:

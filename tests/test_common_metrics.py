@@ -561,10 +561,12 @@ def test_redo_recycles_both_branches_of_a_hadamard_unit():
 def test_redo_recycles_conv_channels():
     """conv1's channel 1 and conv2's channel 2 dead (ReLU of a negative constant): their kernels drawn afresh; conv1's
     channel 1 zeroed in conv2's input (conv2's recycled kernel too: outgoing after incoming, as the reference) and conv2's
-    channel 2 in the head's 4 columns of its flattened 2 x 2 map."""
+    channel 2 in the head's 4 columns of its flattened 2 x 2 map. The convs are channels-last, as the scripts'."""
     torch.manual_seed(0)
     conv1, conv2, head = orthogonal_init(nn.Conv2d(2, 3, 3)), orthogonal_init(nn.Conv2d(3, 4, 3)), nn.Linear(16, 5)
-    model = nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU(), nn.Flatten(), orthogonal_init(head))
+    model = nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU(), nn.Flatten(), orthogonal_init(head)).to(
+        memory_format=torch.channels_last
+    )
     obs = torch.randn(8, 2, 6, 6)
     optimizer = trained(model, obs)
     dead1, dead2 = torch.tensor([False, True, False]), torch.tensor([False, False, True, False])
@@ -574,7 +576,9 @@ def test_redo_recycles_conv_channels():
     before, generator = snapshot(model, optimizer), torch.Generator().manual_seed(5)
     recycled = {"conv1": ([[conv1]], [conv2]), "conv2": ([[conv2]], [head])}
     replay = torch.Generator().set_state(generator.get_state())  # recycled from the last layer back: conv2 draws first
-    fresh2, fresh1 = (orthogonal_init(copy.deepcopy(conv), replay) for conv in (conv2, conv1))
+    fresh2, fresh1 = (
+        orthogonal_init(copy.deepcopy(conv).to(memory_format=torch.contiguous_format), replay) for conv in (conv2, conv1)
+    )
     layers = {"conv1": model[1], "conv2": model[3]}
     assert cm.redo(model, obs, layers, recycled, optimizer, generator, orthogonal_init) == {"conv1": 1 / 3, "conv2": 1 / 4}
 
