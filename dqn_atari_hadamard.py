@@ -1037,8 +1037,8 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
 
 def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **networks: nn.Module):
     """Before anything is written: the checkpoint's state dicts load into the networks (by their key in it) and the optimizer
-    built from this command's flags, and its generator states are valid (set, then put back). A misfit (a checkpoint of
-    another version of the network, say) is one line, the run left as it is."""
+    built from this command's flags, and its generator states (the global ones, ReDo's) are valid (set, then put back). A
+    misfit (a checkpoint of another version of the network, say) is one line, the run left as it is."""
     generators = rng_states()
     try:
         for key, network in networks.items():
@@ -1051,6 +1051,7 @@ def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **netw
                         f"optimizer state {name} of shape {tuple(value.shape)} for a parameter of shape {tuple(param.shape)}"
                     )
         set_rng_states(resume["rng"])
+        torch.Generator().set_state(resume["redo_generator"])
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
         # load_state_dict's first line is a heading, its second the first misfit
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
