@@ -1,10 +1,11 @@
-"""Representation metrics for deep RL networks: ranks, dormant, dead and saturated units.
+"""Representation metrics for deep RL networks: ranks, dormant, dead and saturated units; and ReDo, which recycles units.
 
 Pure functions on torch tensors (CPU or CUDA input; singular values in float64), plus
 `probe`, which collects every hidden layer of a network with forward hooks and returns a flat
 `{tag: float}` dict ready for `SummaryWriter.add_scalar`. Each function's docstring gives its definition and
 reference (the README's "Representation metrics" has them in one table). `dormant_units` and `dead_units` give
-the per-unit masks that the fractions average (each rule is written once), for recycling units (ReDo) too.
+the per-unit masks that the fractions average (each rule is written once), and `redo` recycles the units they mark
+(ReDo, Sokar et al. 2023): the one change to a network here, its weights and its optimizer state.
 
 Conventions:
 - `features` is the uncentered `N x d` matrix of a layer's outputs (N states, d units).
@@ -21,6 +22,7 @@ Conventions:
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
@@ -408,6 +410,51 @@ def layer_metrics(
     return metrics
 
 
+def capture(
+    model: nn.Module,
+    obs: torch.Tensor,
+    layers: dict[str, nn.Module],
+    forward: Callable[[torch.Tensor], object] | None = None,
+    chunk_size: int = 256,
+) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+    """The (pre-activation, output) of every layer of `layers` (as `probe` takes them) on the batch `obs`:
+    `{(name, "out"): ...}`, and for a two-branch layer each branch's too, `(name, "a")` and `(name, "b")`.
+
+    `forward(obs)` (default `model(obs)`) runs in eval mode under `torch.no_grad()` with forward hooks on those modules,
+    over `chunk_size` states at a time (smaller forwards are faster on CPU: the conv maps of 1024 states outgrow the
+    cache); an identity's output is its input (one copy)."""
+    chunks: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def hook_for(key):
+        def hook(module, inputs, output):
+            pre = inputs[0].detach()
+            chunks.setdefault(key, []).append((pre, pre if output is inputs[0] else output.detach()))
+
+        return hook
+
+    hooks = []
+    for name, module in layers.items():
+        if is_hadamard(module):
+            hooks.append(module.branch_a[-1].register_forward_hook(hook_for((name, "a"))))
+            hooks.append(module.branch_b[-1].register_forward_hook(hook_for((name, "b"))))
+        hooks.append(module.register_forward_hook(hook_for((name, "out"))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for chunk in obs.split(chunk_size):
+                (forward or model)(chunk)
+    finally:
+        for handle in hooks:
+            handle.remove()
+        model.train(was_training)
+    captured = {}
+    for key, pairs in chunks.items():
+        pre = torch.cat([p for p, _ in pairs])
+        captured[key] = (pre, pre if all(p is o for p, o in pairs) else torch.cat([o for _, o in pairs]))
+    return captured
+
+
 def probe(
     model: nn.Module,
     obs: torch.Tensor,
@@ -436,36 +483,7 @@ def probe(
         name: branch_activations(module) if is_hadamard(module) else (activation_name(module),)
         for name, module in layers.items()
     }
-    chunks: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    def capture(key):
-        def hook(module, inputs, output):
-            pre = inputs[0].detach()
-            chunks.setdefault(key, []).append((pre, pre if output is inputs[0] else output.detach()))
-
-        return hook
-
-    hooks = []
-    for name, module in layers.items():
-        if is_hadamard(module):
-            hooks.append(module.branch_a[-1].register_forward_hook(capture((name, "a"))))
-            hooks.append(module.branch_b[-1].register_forward_hook(capture((name, "b"))))
-        hooks.append(module.register_forward_hook(capture((name, "out"))))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for chunk in obs.split(chunk_size):
-                (forward or model)(chunk)
-    finally:
-        for handle in hooks:
-            handle.remove()
-        model.train(was_training)
-    # (pre-activation, output) of each hooked module over the whole batch; an identity's output is its input (one copy)
-    captured = {}
-    for key, pairs in chunks.items():
-        pre = torch.cat([p for p, _ in pairs])
-        captured[key] = (pre, pre if all(p is o for p, o in pairs) else torch.cat([o for _, o in pairs]))
+    captured = capture(model, obs, layers, forward, chunk_size)
 
     tags = {}
     for name, module in layers.items():
@@ -490,3 +508,110 @@ def probe(
             if name == representation:
                 tags[f"representation/{metric}"] = value
     return tags
+
+
+# ----------------------------------------------------------------------------- recycling units (ReDo)
+REDO_RULES = ("dormant", "dead")
+
+
+def recycle_units(
+    branches: list[list[nn.Module]],
+    next_layers: list[nn.Module],
+    mask: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    init: Callable[..., object],
+):
+    """Recycle the units of one layer that `mask` (`(units,)` bool) marks, as ReDo does (Sokar et al. 2023, "The Dormant
+    Neuron Phenomenon in Deep RL", ICML 2023; dopamine's `labs/redo`): their incoming weights are drawn afresh from the
+    layer's initialisation, their outgoing weights are zeroed, and the optimizer's state of every weight changed
+    (Adam's exp_avg and exp_avg_sq: every state tensor of the parameter's shape) is zeroed there.
+
+    `branches` are the module lists that make the units, one for a plain layer and two for a two-branch layer (HR or a
+    gate: unit k is the product of both branches' unit k, so both are recycled). In a branch, a Linear or Conv2d gets
+    the rows (output channels) of `init(layer, generator=generator)` applied to a CPU copy of it (the constructor's
+    initialisation, drawn from `generator`, the same on any device); a LayerNorm gets weight 1 and bias 0 for the unit
+    (its channel's slice for a conv map); an activation has no parameters. `next_layers` are the layers the units feed:
+    a Linear or a Conv2d whose input is the layer's output (the unit's input column or input channel), or a Linear on a
+    flattened `C x H x W` map (the channel's H * W columns).
+    """
+    if not mask.any():
+        return
+    with torch.no_grad():
+        for branch in branches:
+            for layer in branch:
+                if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                    # a contiguous CPU copy: channels-last conv weights cannot be filled by orthogonal_
+                    fresh = copy.deepcopy(layer).to("cpu", memory_format=torch.contiguous_format)
+                    init(fresh, generator=generator)
+                    _set_units(layer.weight, mask, fresh.weight.to(layer.weight.device)[mask], optimizer)
+                    if layer.bias is not None:
+                        _set_units(layer.bias, mask, fresh.bias.to(layer.bias.device)[mask], optimizer)
+                elif isinstance(layer, nn.LayerNorm) and layer.weight is not None:
+                    _set_units(layer.weight, mask, 1.0, optimizer)
+                    _set_units(layer.bias, mask, 0.0, optimizer)
+        for layer in next_layers:
+            # the input dimension split into (unit, the positions of a flattened map): one position for a column or a channel
+            for tensor in _with_optimizer_state(layer.weight, optimizer):
+                tensor.unflatten(1, (mask.numel(), -1))[:, mask] = 0.0
+
+
+def _with_optimizer_state(param: torch.Tensor, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """`param` and the optimizer's state tensors of its shape (Adam's moments; not its step count)."""
+    state = optimizer.state.get(param, {})
+    return [param] + [v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == param.shape]
+
+
+def _set_units(param: torch.Tensor, mask: torch.Tensor, value, optimizer: torch.optim.Optimizer):
+    """The units' entries (along dim 0) of `param` set to `value`, and of its optimizer state to 0."""
+    param[mask] = value
+    for moment in _with_optimizer_state(param, optimizer)[1:]:
+        moment[mask] = 0.0
+
+
+def redo(
+    model: nn.Module,
+    obs: torch.Tensor,
+    layers: dict[str, nn.Module],
+    recycled: dict[str, tuple[list[list[nn.Module]], list[nn.Module]]],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    init: Callable[..., object],
+    tau: float = 0.025,
+    rule: str = "dormant",
+    forward: Callable[[torch.Tensor], object] | None = None,
+    eps_grad: float = 0.02,
+    chunk_size: int = 256,
+) -> dict[str, float]:
+    """ReDo, Recycling Dormant neurons (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep RL", ICML 2023;
+    dopamine's `labs/redo` is the reference): score the units of the layers `recycled` names on the batch `obs`, then
+    recycle (`recycle_units`) those that the rule marks. Returns `{layer: fraction of its units recycled}`.
+
+    Rules: `dormant`, the paper's: score_i = E_x|a_i(x)| / (mean_j E_x|a_j(x)| + 1e-9) <= tau (`dormant_units`; a
+    two-branch unit is scored on the product, a conv unit is a channel); `dead`, the gradient-path rule of
+    `dead_units` at `eps_grad` (no gradient through the unit on any state: a saturated tanh unit, which the dormant
+    score misses since |a| is near 1; tau is not used). `layers` maps a layer name to the module `probe` hooks (an
+    activation module or a two-branch module) and `forward` runs the model as in `probe`; `recycled` maps the names
+    of the layers to recycle, in the network's order, to (their branches, the layers they feed) as `recycle_units` takes
+    them. Every layer
+    is scored before any changes; then they are recycled from the last back, so that a weight from a recycled unit
+    into a recycled unit of the next layer ends zero, as in the reference (incoming weights first, then outgoing).
+    """
+    if rule not in REDO_RULES:
+        raise ValueError(f"unknown ReDo rule {rule!r}; expected one of {REDO_RULES}")
+    scored = {name: layers[name] for name in recycled}
+    captured = capture(model, obs, scored, forward, chunk_size)
+    masks = {}
+    for name, module in scored.items():
+        pre_activation, output = captured[(name, "out")]
+        if rule == "dormant":
+            masks[name] = dormant_units(output, tau)
+        elif is_hadamard(module):
+            activation_a, activation_b = branch_activations(module)
+            masks[name] = dead_units(captured[(name, "a")][0], activation_a, eps_grad, captured[(name, "b")][0], activation_b)
+        else:
+            masks[name] = dead_units(pre_activation, activation_name(module), eps_grad)
+    for name in reversed(list(recycled)):
+        branches, next_layers = recycled[name]
+        recycle_units(branches, next_layers, masks[name], optimizer, generator, init)
+    return {name: _fraction(mask) for name, mask in masks.items()}

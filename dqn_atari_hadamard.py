@@ -104,6 +104,14 @@ class Args:
     """log the representation metrics (ranks, dead, dormant and saturated units) every this many env steps (0: never)"""
     metrics_batch_size: int = 1024
     """the number of the replay buffer's most recent states the metrics are computed on"""
+    redo_interval: int = 0
+    """ReDo (Sokar et al. 2023): recycle the dormant units every this many env steps, on the metrics' states (0: never)"""
+    redo_tau: float = 0.025
+    """ReDo's threshold: a unit whose dormant score is at most this is recycled (with --redo-rule dormant)"""
+    redo_rule: Literal["dormant", "dead"] = "dormant"
+    """the units ReDo recycles: `dormant` (score at most --redo-tau) or `dead` (no gradient through it on any state)"""
+    redo_conv: bool = False
+    """ReDo recycles the conv layers' channels too"""
 
     # Algorithm specific arguments
     total_timesteps: int = 10_000_000
@@ -214,7 +222,7 @@ def check_args(args: Args):
     for name in ("num_envs", "total_timesteps", "metrics_batch_size"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("metrics_interval", "env_threads", "eval_episodes", "checkpoint_interval"):
+    for name in ("metrics_interval", "env_threads", "eval_episodes", "checkpoint_interval", "redo_interval"):
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
     if args.eval_model is not None and args.eval_episodes == 0:
@@ -230,6 +238,12 @@ def check_args(args: Args):
     if args.gate != "hadamard" and args.activation != Args.activation:
         activations = " and ".join(common_metrics.gate_activations(args.gate))
         fail(f"--gate {args.gate} has its own activations ({activations}): leave --activation out")
+    if not 0.0 <= args.redo_tau <= 1.0:
+        fail(f"--redo-tau must be in [0, 1], got {args.redo_tau}")
+    if args.redo_interval == 0 and (args.redo_conv or args.redo_rule != Args.redo_rule or args.redo_tau != Args.redo_tau):
+        fail("--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on (0: off)")
+    if args.redo_rule == "dead" and args.redo_tau != Args.redo_tau:
+        fail("--redo-tau is the dormant rule's threshold: --redo-rule dead takes none")
     # ALGO LOGIC: the algorithm's own flags
     for name in ("buffer_size", "batch_size", "train_frequency", "target_network_frequency"):
         if getattr(args, name) <= 0:
@@ -626,6 +640,33 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def redo_layers(q_network: QNetwork, conv: bool) -> dict[str, tuple[list, list]]:
+    """The layers ReDo recycles, by the metrics' names (`conv`: the conv layers too), each as `common_metrics.redo` takes
+    it: (the branches making its units, the layers its units feed). An HR unit is the product of both branches' unit."""
+    representation = q_network.representation
+    fc = [representation.branch_a, representation.branch_b] if isinstance(representation, Hadamard) else [representation]
+    layers = {"fc": (fc, [q_network.q])}
+    if conv:  # conv3 feeds the representation's first layer, in each branch (64 x 7 x 7 flattened: 49 columns a channel)
+        convs, layer = [], []  # the conv stack cut at its ReLUs: [Conv2d] or, with --layer-norm, [Conv2d, LayerNorm]
+        for module in q_network.network:
+            if isinstance(module, nn.ReLU):
+                convs, layer = convs + [layer], []
+            else:
+                layer.append(module)
+        conv_layers = {"conv1": ([convs[0]], [convs[1][0]]), "conv2": ([convs[1]], [convs[2][0]])}
+        layers = {**conv_layers, "conv3": ([convs[2]], [branch[0] for branch in fc]), **layers}
+    return layers
+
+
+def default_init(layer: nn.Module, generator: Optional[torch.Generator] = None) -> nn.Module:
+    """PyTorch's initialisation of a Linear or Conv2d layer (its `reset_parameters`), the network's, drawn from `generator`:
+    ReDo re-initialises recycled units with it."""
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    bound = 1 / math.sqrt(layer.weight[0].numel())  # 1 / sqrt(fan_in)
+    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return layer
+
+
 def representation_width(
     hadamard: bool, param_matched: bool, num_actions: int, layer_norm: bool = False, width: int = 512
 ) -> int:
@@ -791,6 +832,7 @@ def evaluate(
 # what restore() and the resumed loop read from a checkpoint (checked before anything is written)
 RESUME_KEYS = {"args", "state_dict", "target_state_dict", "optimizer", "rng", "replay_rng", "exploration_rng"}
 RESUME_KEYS |= {"global_step", "learning_starts", "next_probe_step", "recent_returns", "elapsed", "resumes", "event_files"}
+RESUME_KEYS |= {"redo_generator", "next_redo_step"}  # ReDo's generator and its next step
 
 
 def restore(
@@ -800,6 +842,7 @@ def restore(
     optimizer: optim.Optimizer,
     rb: FrameReplayBuffer,
     rng: np.random.Generator,
+    redo_generator: torch.Generator,
 ) -> bool:
     """The networks, the optimizer, the replay buffer (when the checkpoint holds it) and every random generator as the
     checkpoint holds them; returns whether the buffer was restored."""
@@ -810,6 +853,7 @@ def restore(
         rb.load_state_dict(resume["replay_buffer"])
     rb.rng.bit_generator.state = resume["replay_rng"]
     rng.bit_generator.state = resume["exploration_rng"]
+    redo_generator.set_state(resume["redo_generator"])
     set_rng_states(resume["rng"])
     return "replay_buffer" in resume
 
@@ -1051,8 +1095,8 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
 
 def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **networks: nn.Module):
     """Before anything is written: the checkpoint's state dicts load into the networks (by their key in it) and the optimizer
-    built from this command's flags, and its generator states are valid (set, then put back). A misfit (a checkpoint of
-    another version of the network, say) is one line, the run left as it is."""
+    built from this command's flags, and its generator states (the global ones, ReDo's) are valid (set, then put back). A
+    misfit (a checkpoint of another version of the network, say) is one line, the run left as it is."""
     generators = rng_states()
     try:
         for key, network in networks.items():
@@ -1065,6 +1109,7 @@ def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **netw
                         f"optimizer state {name} of shape {tuple(value.shape)} for a parameter of shape {tuple(param.shape)}"
                     )
         set_rng_states(resume["rng"])
+        torch.Generator().set_state(resume["redo_generator"])
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
         # load_state_dict's first line is a heading, its second the first misfit
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
@@ -1218,12 +1263,16 @@ if __name__ == "__main__":
         # the first probe as soon as the buffer holds a probe's worth of states (the network at initialisation)
         next_probe_step = 0 if args.metrics_interval > 0 else None
         probe_size = min(args.metrics_batch_size, args.buffer_size)
+        # ReDo's own generator (its re-initialisations): a run with metrics on takes the same steps as one with them off
+        redo_generator = torch.Generator().manual_seed(args.seed)
+        next_redo_step = args.redo_interval if args.redo_interval > 0 else None
         if resume is not None:
             global_step, next_probe_step = resume["global_step"], resume["next_probe_step"]
+            next_redo_step = resume["next_redo_step"]
             # a run begun before starts.log counted its resumes in the checkpoint only
             elapsed_before, resumes = resume["elapsed"], max(resumes, resume["resumes"] + 1)
             recent_returns.extend(resume["recent_returns"])
-            buffer_restored = restore(resume, q_network, target_network, optimizer, rb, rng)
+            buffer_restored = restore(resume, q_network, target_network, optimizer, rb, rng, redo_generator)
             # without its replay buffer the run refills it for --learning-starts steps before it trains again
             learning_starts = resume["learning_starts"] if buffer_restored else global_step + args.learning_starts
             refill = "" if buffer_restored else f"; the replay buffer refills until step {learning_starts}"
@@ -1244,12 +1293,14 @@ if __name__ == "__main__":
                 "global_step": global_step,
                 "learning_starts": learning_starts,
                 "next_probe_step": next_probe_step,
+                "next_redo_step": next_redo_step,
                 "recent_returns": [float(r) for r in recent_returns],
                 "elapsed": elapsed_before + time.time() - process_start,
                 "resumes": resumes,
                 "rng": rng_states(),
                 "replay_rng": rb.rng.bit_generator.state,
                 "exploration_rng": rng.bit_generator.state,
+                "redo_generator": redo_generator.get_state(),
             }
             return {**state, "replay_buffer": rb.state_dict()} if with_buffer else state
 
@@ -1295,6 +1346,25 @@ if __name__ == "__main__":
                     for tag, value in common_metrics.probe(q_network, probe_obs, q_network.hidden_layers(), "fc").items():
                         writer.add_scalar(tag, value, global_step)
                     next_probe_step = (global_step // args.metrics_interval + 1) * args.metrics_interval
+
+            # ReDo once training has begun, on the probe's states (the replay memory's most recent)
+            if next_redo_step is not None and global_step >= max(next_redo_step, learning_starts):
+                redo_obs = rb.recent_observations(probe_size)
+                if redo_obs is not None:
+                    recycled = common_metrics.redo(
+                        q_network,
+                        torch.from_numpy(redo_obs).to(device),
+                        q_network.hidden_layers(),
+                        redo_layers(q_network, args.redo_conv),
+                        optimizer,
+                        redo_generator,
+                        default_init,
+                        args.redo_tau,
+                        args.redo_rule,
+                    )
+                    for name, fraction in recycled.items():
+                        writer.add_scalar(f"redo/{name}_recycled_fraction", fraction, global_step)
+                    next_redo_step = (global_step // args.redo_interval + 1) * args.redo_interval
 
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, rewards, terminated, truncated, info = envs.recv()

@@ -102,6 +102,14 @@ class Args:
     """log the representation metrics (ranks, dead, dormant and saturated units) every this many env steps (0: never)"""
     metrics_batch_size: int = 1024
     """the number of the current rollout's states the metrics are computed on (all its valid ones when fewer)"""
+    redo_interval: int = 0
+    """ReDo (Sokar et al. 2023): recycle the dormant units every this many env steps, on the metrics' states (0: never)"""
+    redo_tau: float = 0.025
+    """ReDo's threshold: a unit whose dormant score is at most this is recycled (with --redo-rule dormant)"""
+    redo_rule: Literal["dormant", "dead"] = "dormant"
+    """the units ReDo recycles: `dormant` (score at most --redo-tau) or `dead` (no gradient through it on any state)"""
+    redo_conv: bool = False
+    """ReDo recycles the conv layers' channels too"""
 
     # Algorithm specific arguments
     total_timesteps: int = 10_000_000
@@ -221,7 +229,7 @@ def check_args(args: Args):
     for name in ("num_envs", "total_timesteps", "metrics_batch_size"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("metrics_interval", "env_threads", "eval_episodes", "checkpoint_interval"):
+    for name in ("metrics_interval", "env_threads", "eval_episodes", "checkpoint_interval", "redo_interval"):
         if getattr(args, name) < 0:
             fail(f"--{name.replace('_', '-')} must be zero or positive, got {getattr(args, name)}")
     if args.eval_model is not None and args.eval_episodes == 0:
@@ -237,6 +245,12 @@ def check_args(args: Args):
     if args.gate != "hadamard" and args.activation != Args.activation:
         activations = " and ".join(common_metrics.gate_activations(args.gate))
         fail(f"--gate {args.gate} has its own activations ({activations}): leave --activation out")
+    if not 0.0 <= args.redo_tau <= 1.0:
+        fail(f"--redo-tau must be in [0, 1], got {args.redo_tau}")
+    if args.redo_interval == 0 and (args.redo_conv or args.redo_rule != Args.redo_rule or args.redo_tau != Args.redo_tau):
+        fail("--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on (0: off)")
+    if args.redo_rule == "dead" and args.redo_tau != Args.redo_tau:
+        fail("--redo-tau is the dormant rule's threshold: --redo-rule dead takes none")
     # ALGO LOGIC: the algorithm's own flags
     for name in ("num_steps", "num_minibatches", "update_epochs"):
         if getattr(args, name) <= 0:
@@ -384,8 +398,8 @@ def fire_action(envs: AtariVectorEnv, enabled: bool) -> Optional[int]:
 
 
 # ----------------------------------------------------------------------------- network
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    torch.nn.init.orthogonal_(layer.weight, std)
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0, generator=None):
+    torch.nn.init.orthogonal_(layer.weight, std, generator=generator)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
 
@@ -467,6 +481,20 @@ class QNetwork(nn.Module):
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def redo_layers(q_network: QNetwork, conv: bool) -> dict[str, tuple[list, list]]:
+    """The layers ReDo recycles, by the metrics' names (`conv`: the conv layers too), each as `common_metrics.redo` takes
+    it: (the branches making its units, the layers its units feed: the next layer's first layer, in each branch). An HR
+    unit is the product of both branches' unit."""
+
+    def branches(layer):
+        return [layer.branch_a, layer.branch_b] if isinstance(layer, Hadamard) else [layer]
+
+    names = ("conv1", "conv2", "conv3", "fc")
+    feeds = {name: [branch[0] for branch in branches(getattr(q_network, after))] for name, after in zip(names, names[1:])}
+    feeds["fc"] = [q_network.q]
+    return {name: (branches(getattr(q_network, name)), feeds[name]) for name in (names if conv else ("fc",))}
 
 
 def representation_width(
@@ -654,13 +682,21 @@ def evaluate(
 # what restore() and the resumed loop read from a checkpoint (checked before anything is written)
 RESUME_KEYS = {"args", "state_dict", "optimizer", "rng", "probe_generator"}  # the network, the optimizer, the generators
 RESUME_KEYS |= {"global_step", "iteration", "next_probe_step", "recent_returns", "elapsed", "resumes", "event_files"}
+RESUME_KEYS |= {"redo_generator", "next_redo_step"}  # ReDo's generator and its next step
 
 
-def restore(resume: dict, q_network: QNetwork, optimizer: optim.Optimizer, probe_generator: torch.Generator):
+def restore(
+    resume: dict,
+    q_network: QNetwork,
+    optimizer: optim.Optimizer,
+    probe_generator: torch.Generator,
+    redo_generator: torch.Generator,
+):
     """The network, the optimizer and every random generator as the checkpoint holds them."""
     q_network.load_state_dict(resume["state_dict"])
     optimizer.load_state_dict(resume["optimizer"])
     probe_generator.set_state(resume["probe_generator"])
+    redo_generator.set_state(resume["redo_generator"])
     set_rng_states(resume["rng"])
 
 
@@ -901,8 +937,8 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
 
 def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **networks: nn.Module):
     """Before anything is written: the checkpoint's state dicts load into the networks (by their key in it) and the optimizer
-    built from this command's flags, and its generator states are valid (set, then put back). A misfit (a checkpoint of
-    another version of the network, say) is one line, the run left as it is."""
+    built from this command's flags, and its generator states (the global ones, ReDo's) are valid (set, then put back). A
+    misfit (a checkpoint of another version of the network, say) is one line, the run left as it is."""
     generators = rng_states()
     try:
         for key, network in networks.items():
@@ -915,6 +951,7 @@ def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **netw
                         f"optimizer state {name} of shape {tuple(value.shape)} for a parameter of shape {tuple(param.shape)}"
                     )
         set_rng_states(resume["rng"])
+        torch.Generator().set_state(resume["redo_generator"])
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
         # load_state_dict's first line is a heading, its second the first misfit
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
@@ -1073,13 +1110,17 @@ if __name__ == "__main__":
         next_probe_step, last_print, start_iteration = (0 if args.metrics_interval > 0 else None), 0.0, 1
         # the probe's own generator: a run with metrics on takes the same actions and losses as one with them off
         probe_generator = torch.Generator().manual_seed(args.seed)
+        # ReDo's own generator (its states and re-initialisations), for the same reason
+        redo_generator = torch.Generator().manual_seed(args.seed)
+        next_redo_step = args.redo_interval if args.redo_interval > 0 else None
         if resume is not None:
-            restore(resume, q_network, optimizer, probe_generator)
+            restore(resume, q_network, optimizer, probe_generator, redo_generator)
             global_step, start_iteration, next_probe_step = (
                 resume["global_step"],
                 resume["iteration"] + 1,
                 resume["next_probe_step"],
             )
+            next_redo_step = resume["next_redo_step"]
             # a run begun before starts.log counted its resumes in the checkpoint only
             elapsed_before, resumes = resume["elapsed"], max(resumes, resume["resumes"] + 1)
             recent_returns.extend(resume["recent_returns"])
@@ -1098,11 +1139,13 @@ if __name__ == "__main__":
                 "global_step": global_step,
                 "iteration": iteration,
                 "next_probe_step": next_probe_step,
+                "next_redo_step": next_redo_step,
                 "recent_returns": [float(r) for r in recent_returns],
                 "elapsed": elapsed_before + time.time() - process_start,
                 "resumes": resumes,
                 "rng": rng_states(),
                 "probe_generator": probe_generator.get_state(),
+                "redo_generator": redo_generator.get_state(),
             }
 
         # TRY NOT TO MODIFY: start the game
@@ -1195,6 +1238,29 @@ if __name__ == "__main__":
             td_loss, q_mean = torch.stack(
                 [loss.detach(), (old_val.detach() * mb_valid).sum() / mb_valid.sum().clamp(min=1.0)]
             ).tolist()
+
+            # ReDo after the update, on states of this rollout drawn with its own generator: the next rollout acts with
+            # the recycled network
+            if next_redo_step is not None and global_step >= next_redo_step:
+                redo_idx = torch.nonzero(b_valid).squeeze(1)
+                if len(redo_idx) > args.metrics_batch_size:
+                    redo_idx = redo_idx[
+                        torch.randperm(len(redo_idx), generator=redo_generator)[: args.metrics_batch_size].to(device)
+                    ]
+                recycled = common_metrics.redo(
+                    q_network,
+                    b_obs[redo_idx],
+                    q_network.hidden_layers(),
+                    redo_layers(q_network, args.redo_conv),
+                    optimizer,
+                    redo_generator,
+                    layer_init,
+                    args.redo_tau,
+                    args.redo_rule,
+                )
+                for name, fraction in recycled.items():
+                    writer.add_scalar(f"redo/{name}_recycled_fraction", fraction, global_step)
+                next_redo_step = (global_step // args.redo_interval + 1) * args.redo_interval
 
             # TRY NOT TO MODIFY: record rewards for plotting purposes
             sps = int((global_step - start_step) / (time.time() - start_time))

@@ -411,13 +411,14 @@ def assert_rollout_run_resumed_as_one(scalars: dict, run_dir: Path, learning_rat
 
 
 def assert_restores(module, checkpoint: dict, network, optimizer):
-    """`module.restore` (PPO's, PQN's) puts the network, the optimizer, the probe's generator and the global generators
-    back exactly as `checkpoint` holds them."""
-    probe_generator = torch.Generator().manual_seed(99)
-    module.restore(checkpoint, network, optimizer, probe_generator)
+    """`module.restore` (PPO's, PQN's) puts the network, the optimizer, the probe's and ReDo's generators and the global
+    generators back exactly as `checkpoint` holds them."""
+    probe_generator, redo_generator = torch.Generator().manual_seed(99), torch.Generator().manual_seed(98)
+    module.restore(checkpoint, network, optimizer, probe_generator, redo_generator)
     assert_same_state(network.state_dict(), checkpoint["state_dict"])
     assert_same_state(optimizer.state_dict(), checkpoint["optimizer"])
     assert_same_state(probe_generator.get_state(), checkpoint["probe_generator"])
+    assert_same_state(redo_generator.get_state(), checkpoint["redo_generator"])
     assert_same_state(module.rng_states(), checkpoint["rng"])
 
 

@@ -40,6 +40,11 @@ BAD_FLAGS = [
         "--gate bilinear has its own activations (identity and identity): leave --activation out",
     ),
     ([PPO], ["--gate", "lstm"], "invalid choice 'lstm' for argument '--gate'"),
+    (
+        [PQN],
+        ["--redo-tau", "0.1"],
+        "--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on (0: off)",
+    ),
 ]
 
 
@@ -126,6 +131,12 @@ CHECK_ARGS_CASES = [
     (SCRIPTS, {"seed": 2**31}, "--seed must be in [0, 2**31 - 1]"),
     ([DQN], {"eval_model": "model.pt", "eval_episodes": 0}, "--eval-model needs --eval-episodes of at least 1"),
     (SCRIPTS, {"capture_video": True, "eval_episodes": 0}, "--capture-video records the evaluation's games"),
+    (SCRIPTS, {"redo_interval": -1}, "--redo-interval must be zero or positive, got -1"),
+    (SCRIPTS, {"redo_interval": 100, "redo_tau": 1.5}, "--redo-tau must be in [0, 1], got 1.5"),
+    (SCRIPTS, {"redo_interval": 100, "redo_tau": -0.1}, "--redo-tau must be in [0, 1], got -0.1"),
+    (SCRIPTS, {"redo_conv": True}, "--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on"),
+    (SCRIPTS, {"redo_rule": "dead"}, "--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on"),
+    (SCRIPTS, {"redo_interval": 100, "redo_rule": "dead", "redo_tau": 0.1}, "--redo-tau is the dormant rule's threshold"),
 ]
 
 
@@ -140,9 +151,12 @@ def test_check_args_rejects(script, fields, message):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_check_args_accepts_the_edges(script):
-    """The largest seed, a run name of 255 bytes, and DQN's learning start one step before the end are valid."""
+    """The largest seed, a run name of 255 bytes, ReDo's tau of 0 and 1, and DQN's learning start one step before the end
+    are valid."""
     module = MODULES[script]
     module.check_args(module.Args(seed=2**31 - 1, run_name="x" * 255, exp_name="my.exp"))
+    for tau in (0.0, 1.0):  # ReDo's threshold at both ends of [0, 1]
+        module.check_args(module.Args(redo_interval=1, redo_tau=tau, redo_conv=True))
     if script == DQN:
         module.check_args(module.Args(total_timesteps=1000, learning_starts=999, buffer_size=32, start_e=0.5, end_e=0.5))
 

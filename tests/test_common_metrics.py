@@ -1,6 +1,7 @@
 """Tests of common_metrics.py against their definitions (README, "Representation metrics"): worked values, hand-computed
 cases, exact threshold boundaries, properties (hypothesis), bad input, and the forward-hook probe."""
 
+import copy
 import math
 
 import numpy as np
@@ -440,3 +441,184 @@ def test_probe_rejects_unknown_representation_and_removes_hooks_on_error():
     with pytest.raises(RuntimeError, match="boom"):
         cm.probe(model, torch.zeros(2, 3), {"fc": model[1]}, "fc", forward=failing_forward)
     assert_no_hooks(model)
+
+
+# ----------------------------------------------------------------------------- ReDo
+def orthogonal_init(layer, generator=None):
+    """The tiny networks' initialisation (the scripts' layer_init: orthogonal weights, zero bias)."""
+    nn.init.orthogonal_(layer.weight, generator=generator)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def trained(model: nn.Module, obs: torch.Tensor, forward=None) -> torch.optim.Adam:
+    """Three Adam steps on `model`, so that every moment is non-zero; returns the optimizer."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (forward or model)(obs).square().sum().backward()
+        optimizer.step()
+    return optimizer
+
+
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Every parameter and every Adam moment of `model`, by name, cloned."""
+    tensors = {}
+    for name, param in model.named_parameters():
+        tensors[name] = param.detach().clone()
+        for moment in ("exp_avg", "exp_avg_sq"):
+            tensors[f"{name}.{moment}"] = optimizer.state[param][moment].clone()
+    return tensors
+
+
+def assert_recycled(before: dict, after: dict, changed: dict):
+    """Each tensor is as it was but where `changed` says (`{name: bool mask}`); there its moments are zero."""
+    for name, tensor in before.items():
+        mask = changed.get(name.removesuffix(".exp_avg").removesuffix(".exp_avg_sq"))
+        if mask is None:
+            assert torch.equal(after[name], tensor), name
+            continue
+        assert torch.equal(after[name][~mask], tensor[~mask]), name
+        if name.endswith(("exp_avg", "exp_avg_sq")):
+            assert (after[name][mask] == 0).all() and (tensor[mask] != 0).all(), name
+
+
+def rows(mask: torch.Tensor, shape) -> torch.Tensor:
+    """The bool mask of the entries of a tensor of `shape` in the rows (dim 0) `mask` marks."""
+    return mask.view(-1, *[1] * (len(shape) - 1)).expand(shape)
+
+
+def columns(mask: torch.Tensor, shape) -> torch.Tensor:
+    """The bool mask of the entries of a weight of `shape` whose input (dim 1, each unit's block of columns) `mask` marks."""
+    return mask.repeat_interleave(shape[1] // mask.numel()).view(1, -1, *[1] * (len(shape) - 2)).expand(shape)
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "layernorm"])
+def test_redo_recycles_exactly_the_dormant_units(norm):
+    """Linear -> (LayerNorm) -> tanh -> head, units 1 and 4 made dormant (output 0 on every state) after three Adam steps:
+    exactly those are recycled. Their incoming rows are the init's rows drawn from the generator's state, their
+    LayerNorm weight 1 and bias 0, their head columns 0, the moments of all those entries 0; everything else is as it was."""
+    torch.manual_seed(0)
+    fc = orthogonal_init(nn.Linear(4, 6))
+    model = nn.Sequential(fc, *([nn.LayerNorm(6)] if norm else []), nn.Tanh(), orthogonal_init(nn.Linear(6, 3)))
+    head = model[-1]
+    obs = torch.randn(32, 4)
+    optimizer = trained(model, obs)
+    dormant = torch.tensor([False, True, False, False, True, False])
+    with torch.no_grad():  # a = 0 on every state: the LayerNorm's unit scaled to 0, or a zero row without it
+        if norm:
+            model[1].weight[dormant], model[1].bias[dormant] = 0.0, 0.0
+        else:
+            fc.weight[dormant], fc.bias[dormant] = 0.0, 0.0
+    before, generator = snapshot(model, optimizer), torch.Generator().manual_seed(5)
+    fresh = orthogonal_init(copy.deepcopy(fc), torch.Generator().set_state(generator.get_state()))
+    layers = {"fc": model[-2]}
+    fractions = cm.redo(model, obs, layers, {"fc": ([model[:-1]], [head])}, optimizer, generator, orthogonal_init)
+
+    assert fractions == {"fc": 2 / 6}
+    after = snapshot(model, optimizer)
+    changed = {
+        "0.weight": rows(dormant, fc.weight.shape),
+        "0.bias": dormant,
+        f"{len(model) - 1}.weight": columns(dormant, head.weight.shape),
+    }
+    if norm:
+        changed |= {"1.weight": dormant, "1.bias": dormant}
+        assert (model[1].weight[dormant] == 1).all() and (model[1].bias[dormant] == 0).all()
+    assert_recycled(before, after, changed)
+    assert torch.equal(fc.weight[dormant], fresh.weight[dormant]) and not torch.equal(fc.weight, fresh.weight)
+    assert (fc.bias[dormant] == 0).all() and (head.weight[:, dormant] == 0).all()
+
+
+def test_redo_recycles_both_branches_of_a_hadamard_unit():
+    """HR unit 2 made dormant by branch a alone (a zero row: tanh(0) = 0, so the product is 0): both branches' rows 2 are
+    drawn afresh (branch a's init, then branch b's, from the generator), the head's column 2 zeroed, nothing else changes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(HR(4, 5), orthogonal_init(nn.Linear(5, 3)))
+    hr, head = model
+    for branch in (hr.branch_a, hr.branch_b):
+        orthogonal_init(branch[0])
+    obs = torch.randn(32, 4)
+    optimizer = trained(model, obs)
+    dormant = torch.tensor([False, False, True, False, False])
+    with torch.no_grad():
+        hr.branch_a[0].weight[dormant], hr.branch_a[0].bias[dormant] = 0.0, 0.0
+    before, generator = snapshot(model, optimizer), torch.Generator().manual_seed(5)
+    replay = torch.Generator().set_state(generator.get_state())
+    fresh = [orthogonal_init(copy.deepcopy(branch[0]), replay) for branch in (hr.branch_a, hr.branch_b)]
+    recycled = {"hr": ([hr.branch_a, hr.branch_b], [head])}
+    assert cm.redo(model, obs, {"hr": hr}, recycled, optimizer, generator, orthogonal_init) == {"hr": 1 / 5}
+
+    changed = {"1.weight": columns(dormant, head.weight.shape)}
+    for branch in ("branch_a", "branch_b"):
+        changed |= {f"0.{branch}.0.weight": rows(dormant, (5, 4)), f"0.{branch}.0.bias": dormant}
+    assert_recycled(before, snapshot(model, optimizer), changed)
+    for branch, new in zip((hr.branch_a, hr.branch_b), fresh):
+        assert torch.equal(branch[0].weight[dormant], new.weight[dormant])
+    assert not torch.equal(hr.branch_a[0].weight[dormant], hr.branch_b[0].weight[dormant])
+
+
+def test_redo_recycles_conv_channels():
+    """conv1's channel 1 and conv2's channel 2 dead (ReLU of a negative constant): their kernels drawn afresh; conv1's
+    channel 1 zeroed in conv2's input (conv2's recycled kernel too: outgoing after incoming, as the reference) and conv2's
+    channel 2 in the head's 4 columns of its flattened 2 x 2 map. The convs are channels-last, as the scripts'."""
+    torch.manual_seed(0)
+    conv1, conv2, head = orthogonal_init(nn.Conv2d(2, 3, 3)), orthogonal_init(nn.Conv2d(3, 4, 3)), nn.Linear(16, 5)
+    model = nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU(), nn.Flatten(), orthogonal_init(head)).to(
+        memory_format=torch.channels_last
+    )
+    obs = torch.randn(8, 2, 6, 6)
+    optimizer = trained(model, obs)
+    dead1, dead2 = torch.tensor([False, True, False]), torch.tensor([False, False, True, False])
+    with torch.no_grad():
+        conv1.weight[dead1], conv1.bias[dead1] = 0.0, -1.0
+        conv2.weight[dead2], conv2.bias[dead2] = 0.0, -1.0
+    before, generator = snapshot(model, optimizer), torch.Generator().manual_seed(5)
+    recycled = {"conv1": ([[conv1]], [conv2]), "conv2": ([[conv2]], [head])}
+    replay = torch.Generator().set_state(generator.get_state())  # recycled from the last layer back: conv2 draws first
+    fresh2, fresh1 = (
+        orthogonal_init(copy.deepcopy(conv).to(memory_format=torch.contiguous_format), replay) for conv in (conv2, conv1)
+    )
+    layers = {"conv1": model[1], "conv2": model[3]}
+    assert cm.redo(model, obs, layers, recycled, optimizer, generator, orthogonal_init) == {"conv1": 1 / 3, "conv2": 1 / 4}
+
+    incoming2 = rows(dead2, conv2.weight.shape)
+    changed = {
+        "0.weight": rows(dead1, conv1.weight.shape),
+        "0.bias": dead1,
+        "2.weight": incoming2 | columns(dead1, conv2.weight.shape),
+        "2.bias": dead2,
+        "5.weight": columns(dead2, head.weight.shape),
+    }
+    assert_recycled(before, snapshot(model, optimizer), changed)
+    assert torch.equal(conv1.weight[dead1], fresh1.weight[dead1])
+    assert torch.equal(
+        conv2.weight[incoming2 & ~columns(dead1, conv2.weight.shape)],
+        fresh2.weight[incoming2 & ~columns(dead1, conv2.weight.shape)],
+    )
+    assert (conv2.weight[:, dead1] == 0).all() and (head.weight[:, 8:12] == 0).all() and (head.weight[:, :8] != 0).all()
+
+
+def test_redo_dead_rule_recycles_a_saturated_tanh_unit():
+    """A tanh unit saturated on every state (tanh(10)) is not dormant (|a| = 1) but dead: the dormant rule leaves the
+    network, the optimizer and the generator as they were; the dead rule recycles that unit alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(orthogonal_init(nn.Linear(4, 6)), nn.Tanh(), orthogonal_init(nn.Linear(6, 3)))
+    obs = torch.randn(32, 4)
+    optimizer = trained(model, obs)
+    saturated = torch.tensor([False, False, False, True, False, False])
+    with torch.no_grad():
+        model[0].weight[saturated], model[0].bias[saturated] = 0.0, 10.0
+    before, generator = snapshot(model, optimizer), torch.Generator().manual_seed(5)
+    state = generator.get_state()
+    recycled = {"fc": ([model[:2]], [model[2]])}
+    assert cm.redo(model, obs, {"fc": model[1]}, recycled, optimizer, generator, orthogonal_init) == {"fc": 0.0}
+    assert_recycled(before, snapshot(model, optimizer), {})
+    assert torch.equal(generator.get_state(), state)
+
+    assert cm.redo(model, obs, {"fc": model[1]}, recycled, optimizer, generator, orthogonal_init, rule="dead") == {"fc": 1 / 6}
+    changed = {"0.weight": rows(saturated, (6, 4)), "0.bias": saturated, "2.weight": columns(saturated, (3, 6))}
+    assert_recycled(before, snapshot(model, optimizer), changed)
+    assert model[0].bias[3] == 0 and (model[2].weight[:, 3] == 0).all()
+    with pytest.raises(ValueError, match="unknown ReDo rule"):
+        cm.redo(model, obs, {"fc": model[1]}, recycled, optimizer, generator, orthogonal_init, rule="saturated")

@@ -465,7 +465,8 @@ def test_sigterm_then_the_same_command_resumes_the_run(workdir):
     )
     optimizer = dqn.make_optimizer(q_network.parameters(), 1e-4)
     rb, rng = dqn.FrameReplayBuffer(1000, 1, seed=99), np.random.default_rng(99)
-    assert dqn.restore(checkpoint, q_network, target_network, optimizer, rb, rng)
+    redo_generator = torch.Generator().manual_seed(98)
+    assert dqn.restore(checkpoint, q_network, target_network, optimizer, rb, rng, redo_generator)
     assert_same_state(q_network.state_dict(), checkpoint["state_dict"])
     assert_same_state(target_network.state_dict(), checkpoint["target_state_dict"])
     assert_same_state(optimizer.state_dict(), checkpoint["optimizer"])
@@ -474,6 +475,7 @@ def test_sigterm_then_the_same_command_resumes_the_run(workdir):
         (rb.rng.bit_generator.state, rng.bit_generator.state), (checkpoint["replay_rng"], checkpoint["exploration_rng"])
     )
     assert_same_state(dqn.rng_states(), checkpoint["rng"])
+    assert_same_state(redo_generator.get_state(), checkpoint["redo_generator"])
 
 
 def test_a_checkpoint_without_the_buffer_refills_it_before_training(workdir):

@@ -175,7 +175,8 @@ def test_cuda_generator_states_restore_what_fits():
 
 def test_a_checkpoint_is_checked_against_the_network_and_optimizer_before_anything_is_written():
     """check_checkpoint loads the checkpoint into the network and optimizer this command builds: another network's weights
-    or optimizer state are one line; one that fits passes and leaves the global generators as they were."""
+    or optimizer state, or a ReDo generator state that is not one, are one line; one that fits passes and leaves the global
+    generators as they were."""
     import pqn_atari_hadamard as pqn
 
     def built(width: int):
@@ -188,6 +189,7 @@ def test_a_checkpoint_is_checked_against_the_network_and_optimizer_before_anythi
     network, optimizer = built(64)
     other_rng = {**pqn.rng_states(), "torch": torch.Generator().manual_seed(7).get_state()}
     checkpoint = {"state_dict": network.state_dict(), "optimizer": optimizer.state_dict(), "rng": other_rng}
+    checkpoint["redo_generator"] = torch.Generator().manual_seed(7).get_state()
     (fresh_network, fresh_optimizer), (wide_network, wide_optimizer) = built(64), built(512)
     before = pqn.rng_states()
     pqn.check_checkpoint(checkpoint, "checkpoint.pt", fresh_optimizer, state_dict=fresh_network)
@@ -207,6 +209,9 @@ def test_a_checkpoint_is_checked_against_the_network_and_optimizer_before_anythi
         r"of shape \(512, 3136\)\)",
     ):
         pqn.check_checkpoint(misfit_optimizer, "checkpoint.pt", wide_optimizer, state_dict=wide_network)
+    bad_generator = {**checkpoint, "redo_generator": torch.zeros(3, dtype=torch.uint8)}  # ReDo's, not a generator state
+    with pytest.raises(SystemExit, match=r"^error: checkpoint checkpoint.pt does not fit .*\(RuntimeError: .*"):
+        pqn.check_checkpoint(bad_generator, "checkpoint.pt", fresh_optimizer, state_dict=fresh_network)
     assert torch.equal(pqn.rng_states()["torch"], before["torch"])
 
 
