@@ -681,9 +681,15 @@ def representation_width(
 
 def variant_name(args) -> str:
     """The variant's name in config.json and in the sweep's run names: the activation, then `_hr` (--hadamard) or `_pm`
-    (--param-matched), or a gate's name alone (`glu`: its activations are its own); then `_ln` (--layer-norm)."""
+    (--param-matched), or a gate's name alone (`glu`: its activations are its own); then `_ln` (--layer-norm) and
+    `_redo` (--redo-interval above 0)."""
     representation = (args.activation + ("_hr" if args.hadamard else "")) if args.gate == "hadamard" else args.gate
-    return representation + ("_pm" if args.param_matched else "") + ("_ln" if args.layer_norm else "")
+    return (
+        representation
+        + ("_pm" if args.param_matched else "")
+        + ("_ln" if args.layer_norm else "")
+        + ("_redo" if args.redo_interval > 0 else "")
+    )
 
 
 # ----------------------------------------------------------------------------- algorithm

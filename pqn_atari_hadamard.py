@@ -521,13 +521,14 @@ def representation_width(
 def variant_name(args) -> str:
     """The variant's name in config.json and in the sweep's run names: the activation, then `_hr` (--hadamard), or a
     gate's name alone (`glu`: its activations are its own); then `_all` (--hadamard-scope all), `_pm` (--param-matched)
-    and `_noln` (--no-layer-norm)."""
+    `_noln` (--no-layer-norm) and `_redo` (--redo-interval above 0)."""
     representation = (args.activation + ("_hr" if args.hadamard else "")) if args.gate == "hadamard" else args.gate
     return (
         representation
         + ("_all" if args.hadamard_scope == "all" else "")
         + ("_pm" if args.param_matched else "")
         + ("" if args.layer_norm else "_noln")
+        + ("_redo" if args.redo_interval > 0 else "")
     )
 
 

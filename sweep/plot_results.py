@@ -33,6 +33,7 @@ RUN_METRICS = ["dead_fraction", "srank", "effective_rank", "dormant_fraction"]  
 VARIANT_ORDER = ["relu", "tanh", "tanh_hr", "tanh_pm", "glu", "swiglu", "bilinear"]  # the paper's comparison, the gates
 # then the same with the LayerNorm switched (PPO and DQN `_ln`: on; PQN `_noln`: off); any other variant after all these
 VARIANT_ORDER += [variant + switch for switch in ("_ln", "_noln") for variant in VARIANT_ORDER]
+VARIANT_ORDER += [variant + "_redo" for variant in VARIANT_ORDER]  # then all of these with ReDo
 ALGORITHM_ORDER = ["dqn", "ppo", "pqn"]
 
 # config.json keys that do not change what is learned: runs that differ only in these are seeds of one group.
@@ -81,7 +82,7 @@ LABEL_ORDER = ["env_id", "sticky_action_probability", "total_timesteps", "learni
 # Readable names, and one colour and marker per variant in every figure; LINESTYLES tell settings of one variant apart.
 ACTIVATION_NAMES = {"relu": "ReLU", "tanh": "tanh", "gelu": "GELU", "sigmoid": "sigmoid"}
 GATE_NAMES = {"glu": "GLU", "swiglu": "SwiGLU", "bilinear": "bilinear"}
-SUFFIX_NAMES = {"_all": "all layers", "_pm": "param-matched", "_ln": "LayerNorm", "_noln": "no LayerNorm"}
+SUFFIX_NAMES = {"_all": "all layers", "_pm": "param-matched", "_ln": "LayerNorm", "_noln": "no LayerNorm", "_redo": "ReDo"}
 VARIANT_STYLES = {"relu": ("#7f7f7f", "s"), "tanh": ("#d62728", "o"), "tanh_hr": ("#1f77b4", "D"), "tanh_pm": ("#ff7f0e", "^")}
 OTHER_STYLES = [("#2ca02c", "v"), ("#9467bd", "P"), ("#8c564b", "X"), ("#e377c2", "*"), ("#17becf", "p"), ("#bcbd22", "h")]
 LINESTYLES = ["-", "--", ":", "-."]
@@ -356,7 +357,7 @@ def steps_label(x: float, _=None) -> str:
 def variant_label(variant: str, details=()) -> str:
     """`tanh_hr` -> `tanh + HR`, `tanh_pm` with details ["lr 0.001"] -> `tanh (param-matched, lr 0.001)`, `glu_ln` ->
     `GLU (LayerNorm)`, PQN's `tanh_hr_all_noln` -> `tanh + HR (all layers, no LayerNorm)`."""
-    match = re.fullmatch(r"([a-z]+)(_hr)?(_all)?(_pm)?(_ln|_noln)?", variant)
+    match = re.fullmatch(r"([a-z]+)(_hr)?(_all)?(_pm)?(_ln|_noln)?(_redo)?", variant)
     if not match:
         name, qualifiers = variant, []
     else:

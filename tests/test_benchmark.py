@@ -107,21 +107,28 @@ def test_dry_run_prints_the_paper_comparison_and_runs_nothing(workdir):
 
 
 def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
-    """The gates and `_ln` (PPO, DQN: --layer-norm) or `_noln` (PQN: --no-layer-norm) after a variant, for each script."""
+    """The gates, `_ln` (PPO, DQN: --layer-norm) or `_noln` (PQN: --no-layer-norm) after a variant, and `_redo` last
+    (--redo-interval, REDO_INTERVAL's or 10000), for each script."""
     gates = {gate: ["--hadamard", "--gate", gate] for gate in ("glu", "swiglu", "bilinear")}
     expected = {
         "ppo_atari_hadamard": {"tanh_ln": ["--layer-norm"], "tanh_hr_ln": ["--hadamard", "--layer-norm"], **gates},
-        "dqn_atari_hadamard": {"relu_pm_ln": ["--activation", "relu", "--param-matched", "--layer-norm"]},
+        "dqn_atari_hadamard": {
+            "relu_pm_ln": ["--activation", "relu", "--param-matched", "--layer-norm"],
+            "tanh_hr_ln_redo": ["--hadamard", "--layer-norm", "--redo-interval", "10000"],
+        },
         "pqn_atari_hadamard": {
             "tanh_noln": ["--no-layer-norm"],
             "tanh_hr_noln": ["--hadamard", "--no-layer-norm"],
             "glu_noln": ["--hadamard", "--gate", "glu", "--no-layer-norm"],
+            "tanh_redo": ["--redo-interval", "10000"],
         },
     }
     for stem, variants in expected.items():
         sweep = ["--scripts", stem.split("_")[0], "--variants", ",".join(variants), "--games", "Breakout", "--seeds", "1"]
         lines = commands(bench(*sweep, "--dry-run", cwd=workdir))
         assert {arg(line, "--run-name").split("__")[2]: variant_flags_of(line) for line in lines} == variants
+    lines = commands(bench("--scripts", "ppo", "--variants", "tanh_redo", "--dry-run", cwd=workdir, REDO_INTERVAL="4096"))
+    assert {tuple(variant_flags_of(line)) for line in lines} == {("--redo-interval", "4096")}
     assert list(workdir.iterdir()) == []
 
 
@@ -134,6 +141,7 @@ def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
         (["Pong"], {}, "unexpected argument 'Pong'"),
         (["--", "--seed", "3"], {}, "use benchmark.sh --seeds"),
         (["--", "--env-id=PongNoFrameskip-v4"], {}, "use benchmark.sh --games"),
+        (["--", "--redo-interval", "1000"], {}, "sets --redo-interval, which the sweep varies: use benchmark.sh --variants"),
         (
             [],
             {"SCRIPT_ARGS": "--hadamard"},
@@ -226,6 +234,7 @@ def test_quick_profile_dry_run(workdir):
     [
         (["--variants", "tanh,tanh_xx"], "unknown variant 'tanh_xx'"),
         (["--variants", "glu_hr"], "unknown variant 'glu_hr'"),
+        (["--variants", "tanh_redo_ln"], "unknown variant 'tanh_redo_ln'"),
         (["--scripts", "ppo", "--variants", "tanh,tanh_noln"], "variant 'tanh_noln' is not one of ppo_atari_hadamard.py's"),
         (
             ["--scripts", "pqn", "--variants", "glu_ln"],

@@ -4,6 +4,7 @@ resumed recycles on the schedule of one run with ReDo's generator restored, and 
 constructor. The bad flags are in tests/test_bad_input.py."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -53,10 +54,15 @@ def assert_redo_logged(scalars: dict, steps: list):
 @pytest.mark.parametrize("script", RUNS)
 def test_redo_recycles_and_the_probe_does_not_change_the_run(workdir, script):
     """A run with ReDo logs every layer's recycled fraction at each interval; with the probe on or off, its
-    losses, games and recycled fractions are the same: ReDo draws from its own generator, the probe from its own."""
+    losses, games and recycled fractions are the same: ReDo draws from its own generator, the probe from its own. The
+    variant's name ends in `_redo`."""
     args = [*RUNS[script], *REDO, "--metrics-batch-size", "32"]
     scalars = assert_metrics_do_not_change_the_run(script, args, ["--metrics-interval", PROBE_INTERVAL[script]], workdir)
     assert_redo_logged(scalars["on"], REDO_STEPS[script])
+    (config,) = workdir.glob("on/**/config.json")
+    assert json.loads(config.read_text())["variant"] == (
+        "tanh_hr_all_redo" if script == PQN else "tanh_hr_redo" if script == PPO else "tanh_redo"
+    )
     for layer in LAYERS:
         tag = f"redo/{layer}_recycled_fraction"
         assert scalars["on"][tag] == scalars["off"][tag], tag

@@ -401,6 +401,7 @@ def test_gate_and_layer_norm_variants_are_named_and_ordered(workdir, capsys):
         "tanh_pm_ln": "tanh (param-matched, LayerNorm)",
         "tanh_noln": "tanh (no LayerNorm)",
         "tanh_hr_all_noln": "tanh + HR (all layers, no LayerNorm)",
+        "tanh_hr_ln_redo": "tanh + HR (LayerNorm, ReDo)",
     }
     assert {variant: plot_results.variant_label(variant) for variant in names} == names
     runs = workdir / "runs"
