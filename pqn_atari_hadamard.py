@@ -683,7 +683,7 @@ def evaluate(
 # what restore() and the resumed loop read from a checkpoint (checked before anything is written)
 RESUME_KEYS = {"args", "state_dict", "optimizer", "rng", "probe_generator"}  # the network, the optimizer, the generators
 RESUME_KEYS |= {"global_step", "iteration", "next_probe_step", "recent_returns", "elapsed", "resumes", "event_files"}
-RESUME_KEYS |= {"redo_generator", "next_redo_step"}  # ReDo's generator and its next step
+# ReDo's generator and next step are saved too; a checkpoint written before ReDo existed has neither (it ran without)
 
 
 def restore(
@@ -697,7 +697,8 @@ def restore(
     q_network.load_state_dict(resume["state_dict"])
     optimizer.load_state_dict(resume["optimizer"])
     probe_generator.set_state(resume["probe_generator"])
-    redo_generator.set_state(resume["redo_generator"])
+    if "redo_generator" in resume:
+        redo_generator.set_state(resume["redo_generator"])
     set_rng_states(resume["rng"])
 
 
@@ -952,7 +953,7 @@ def check_checkpoint(resume: dict, path: str, optimizer: optim.Optimizer, **netw
                         f"optimizer state {name} of shape {tuple(value.shape)} for a parameter of shape {tuple(param.shape)}"
                     )
         set_rng_states(resume["rng"])
-        torch.Generator().set_state(resume["redo_generator"])
+        torch.Generator().set_state(resume.get("redo_generator", torch.Generator().get_state()))
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
         # load_state_dict's first line is a heading, its second the first misfit
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
@@ -1121,7 +1122,7 @@ if __name__ == "__main__":
                 resume["iteration"] + 1,
                 resume["next_probe_step"],
             )
-            next_redo_step = resume["next_redo_step"]
+            next_redo_step = resume.get("next_redo_step", next_redo_step)
             # a run begun before starts.log counted its resumes in the checkpoint only
             elapsed_before, resumes = resume["elapsed"], max(resumes, resume["resumes"] + 1)
             recent_returns.extend(resume["recent_returns"])

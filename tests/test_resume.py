@@ -2,6 +2,7 @@
 lock), the checkpoint of a finished run removed, a checkpoint that cannot be written (a real file size limit, as a full
 disk), starts and wall time counted in done.json, and the checks a checkpoint passes before anything is written."""
 
+import importlib
 import json
 import re
 import shlex
@@ -226,3 +227,20 @@ def test_a_finished_runs_hints_work_as_printed(workdir):
     shutil.rmtree(workdir / "runs" / "finished")  # or the folder removed
     assert run_script(PQN, *args, cwd=workdir).returncode == 0
     assert all((workdir / "runs" / name / "done.json").exists() for name in ("finished", "another"))
+
+
+@pytest.mark.parametrize("module", ["ppo_atari_hadamard", "pqn_atari_hadamard"])
+def test_a_checkpoint_from_before_redo_resumes_without_it(module):
+    """A checkpoint written before ReDo existed holds no ReDo generator or next ReDo step (it ran without ReDo): it is
+    not refused for them, its check passes, and restoring it leaves ReDo's generator as the command seeded it."""
+    script = importlib.import_module(module)
+    assert not {"redo_generator", "next_redo_step"} & script.RESUME_KEYS
+    network = script.Agent(4, width=8) if module.startswith("ppo") else script.QNetwork(4, width=8)
+    optimizer = torch.optim.Adam(network.parameters())
+    probe_generator = torch.Generator().manual_seed(5)
+    checkpoint = {"state_dict": network.state_dict(), "optimizer": optimizer.state_dict(), "rng": script.rng_states()}
+    checkpoint["probe_generator"] = probe_generator.get_state()
+    script.check_checkpoint(checkpoint, "checkpoint.pt", optimizer, state_dict=network)
+    redo_generator = torch.Generator().manual_seed(98)
+    script.restore(checkpoint, network, optimizer, torch.Generator(), redo_generator)
+    assert torch.equal(redo_generator.get_state(), torch.Generator().manual_seed(98).get_state())
