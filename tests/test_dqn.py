@@ -422,15 +422,6 @@ def test_bad_flags_are_one_line_errors(workdir, flags, message):
     assert message in run_fails(SCRIPT, *flags, cwd=workdir)
 
 
-def test_tracking_writes_an_offline_wandb_run(workdir):
-    result = run_script(
-        SCRIPT, "--total-timesteps", "50", "--learning-starts", "20", "--buffer-size", "100", "--track", cwd=workdir
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = next((workdir / "runs").iterdir())
-    assert list(run_dir.glob("wandb/offline-run-*")), "no offline W&B run written"
-
-
 # training from step 200, a checkpoint at step 400, epsilon decaying over the whole run (so across an interruption)
 RESUME_ARGS = (
     "--total-timesteps 1000 --learning-starts 200 --buffer-size 1000 --metrics-interval 500 --metrics-batch-size 32 "
