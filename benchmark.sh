@@ -311,7 +311,10 @@ variant_flags() {  # $1: a variant, $2: the script's path; prints the variant's 
         flags+=(--no-layer-norm)
     fi
     # ReDo at an interval of the sweep's (REDO_INTERVAL env steps; 10000 by default, not tuned), its other flags the script's
-    [[ -z "$redo" ]] || flags+=(--redo-interval "${REDO_INTERVAL:-10000}")
+    if [[ -n "$redo" ]]; then
+        [[ "${REDO_INTERVAL:-10000}" =~ ^[1-9][0-9]*$ ]] || die "REDO_INTERVAL must be a positive integer, got '$REDO_INTERVAL'"
+        flags+=(--redo-interval "${REDO_INTERVAL:-10000}")
+    fi
     echo "${flags[*]-}"
 }
 for script in $scripts; do

@@ -593,9 +593,9 @@ def redo(
     score misses since |a| is near 1; tau is not used). `layers` maps a layer name to the module `probe` hooks (an
     activation module or a two-branch module) and `forward` runs the model as in `probe`; `recycled` maps the names
     of the layers to recycle, in the network's order, to (their branches, the layers they feed) as `recycle_units` takes
-    them. Every layer
-    is scored before any changes; then they are recycled from the last back, so that a weight from a recycled unit
-    into a recycled unit of the next layer ends zero, as in the reference (incoming weights first, then outgoing).
+    them. Every layer is scored before any changes; then they are recycled from the last back, so that a weight from a
+    recycled unit into a recycled unit of the next layer ends zero, as in the reference (incoming weights first, then
+    outgoing).
     """
     if rule not in REDO_RULES:
         raise ValueError(f"unknown ReDo rule {rule!r}; expected one of {REDO_RULES}")

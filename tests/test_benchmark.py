@@ -142,6 +142,7 @@ def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
         (["--", "--seed", "3"], {}, "use benchmark.sh --seeds"),
         (["--", "--env-id=PongNoFrameskip-v4"], {}, "use benchmark.sh --games"),
         (["--", "--redo-interval", "1000"], {}, "sets --redo-interval, which the sweep varies: use benchmark.sh --variants"),
+        (["--variants", "tanh_redo"], {"REDO_INTERVAL": "abc"}, "REDO_INTERVAL must be a positive integer, got 'abc'"),
         (
             [],
             {"SCRIPT_ARGS": "--hadamard"},
