@@ -455,6 +455,19 @@ def capture(
     return captured
 
 
+def sample_states(valid: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of at most `n` of the states that the flat mask `valid` marks (nonzero), for `probe` and `redo`.
+
+    All of them, in order, when there are no more than `n`; else `n` drawn without replacement by a permutation from
+    `generator` (a CPU generator: the draw is the same on CPU and CUDA). The probe and ReDo each pass their own
+    generator, so that turning one on leaves the other's draws, and the training, as they were.
+    """
+    idx = torch.nonzero(valid).squeeze(1)
+    if len(idx) > n:
+        idx = idx[torch.randperm(len(idx), generator=generator)[:n].to(idx.device)]
+    return idx
+
+
 def probe(
     model: nn.Module,
     obs: torch.Tensor,

@@ -1231,11 +1231,7 @@ if __name__ == "__main__":
 
             # Representation metrics on valid states of this rollout, before the update changes the network
             if next_probe_step is not None and global_step >= next_probe_step:
-                probe_idx = torch.nonzero(b_valid).squeeze(1)
-                if len(probe_idx) > args.metrics_batch_size:
-                    probe_idx = probe_idx[
-                        torch.randperm(len(probe_idx), generator=probe_generator)[: args.metrics_batch_size].to(device)
-                    ]
+                probe_idx = common_metrics.sample_states(b_valid, args.metrics_batch_size, probe_generator)
                 metrics = common_metrics.probe(agent, b_obs[probe_idx], agent.hidden_layers(), "fc", forward=agent.get_value)
                 for tag, value in metrics.items():
                     writer.add_scalar(tag, value, global_step)
@@ -1256,11 +1252,7 @@ if __name__ == "__main__":
             # ReDo after the update, on states of this rollout drawn with its own generator: the next rollout acts with
             # the recycled network
             if next_redo_step is not None and global_step >= next_redo_step:
-                redo_idx = torch.nonzero(b_valid).squeeze(1)
-                if len(redo_idx) > args.metrics_batch_size:
-                    redo_idx = redo_idx[
-                        torch.randperm(len(redo_idx), generator=redo_generator)[: args.metrics_batch_size].to(device)
-                    ]
+                redo_idx = common_metrics.sample_states(b_valid, args.metrics_batch_size, redo_generator)
                 recycled = common_metrics.redo(
                     agent,
                     b_obs[redo_idx],

@@ -622,3 +622,16 @@ def test_redo_dead_rule_recycles_a_saturated_tanh_unit():
     assert model[0].bias[3] == 0 and (model[2].weight[:, 3] == 0).all()
     with pytest.raises(ValueError, match="unknown ReDo rule"):
         cm.redo(model, obs, {"fc": model[1]}, recycled, optimizer, generator, orthogonal_init, rule="saturated")
+
+
+def test_sample_states_draws_only_valid_states():
+    """At most n of the marked states, each once; all of them, in order, when there are no more; the same draw from the
+    same generator state."""
+    valid = torch.tensor([1, 0, 1, 1, 0, 1, 1, 0, 1, 1], dtype=torch.float32)
+    marked = torch.nonzero(valid).squeeze(1)
+    assert torch.equal(cm.sample_states(valid, 7, torch.Generator().manual_seed(0)), marked)
+    assert torch.equal(cm.sample_states(valid, 100, torch.Generator().manual_seed(0)), marked)
+    drawn = cm.sample_states(valid, 4, torch.Generator().manual_seed(0))
+    assert len(drawn) == len(set(drawn.tolist())) == 4 and bool(valid[drawn].all())
+    assert torch.equal(drawn, cm.sample_states(valid, 4, torch.Generator().manual_seed(0)))
+    assert len(cm.sample_states(torch.zeros(5), 4, torch.Generator())) == 0
