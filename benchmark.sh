@@ -26,11 +26,13 @@ script waits for them and exits (a second signal kills the runs at once; their l
 
 Sweep (flag, or environment variable; lists are space or comma separated):
   --scripts LIST        SCRIPTS          ppo, dqn, pqn or script paths       (default: ppo dqn pqn)
-  --variants LIST       VARIANTS         <activation>[_hr|_pm] or a gate, then _ln (PPO, DQN) or _noln (PQN),
-                                         then _redo (ReDo every REDO_INTERVAL env steps, default 10000):
+  --variants LIST       VARIANTS         <activation>[_hr|_pm] or a gate (PQN: _all before _pm for the conv layers too),
+                                         then _ln (PPO, DQN) or _noln (PQN), then _redo (ReDo every REDO_INTERVAL env
+                                         steps, default 10000):
                                          relu -> --activation relu, tanh -> (none), tanh_hr -> --hadamard,
                                          tanh_pm -> --param-matched, glu (swiglu, bilinear) -> --hadamard --gate glu,
                                          tanh_hr_ln -> --hadamard --layer-norm, tanh_noln -> --no-layer-norm,
+                                         tanh_hr_all -> --hadamard --hadamard-scope all,
                                          tanh_redo -> --redo-interval 10000
                                                                               (default: relu tanh tanh_hr tanh_pm)
   --games LIST          GAMES            short names, any case (pong -> PongNoFrameskip-v4, ms_pacman ->
@@ -42,7 +44,8 @@ Sweep (flag, or environment variable; lists are space or comma separated):
   -- FLAGS...           SCRIPT_ARGS      flags after -- go to every script as they are (e.g. -- --num-envs 16)
                         PPO_ARGS, DQN_ARGS, PQN_ARGS  flags for that script only (after the others)
                         What the sweep varies is not a script flag: --seed, --env-id, --hadamard, --activation, --gate,
-                        --param-matched, --layer-norm, --redo-interval and --run-name there are errors (use --seeds, --games, --variants).
+                        --hadamard-scope, --param-matched, --layer-norm, --redo-interval and --run-name there are errors
+                        (use --seeds, --games, --variants).
                         Any other option before -- is an error: a typo never launches a sweep, and the script flags
                         are parsed by each script's own Args before the sweep starts.
   --mismatched skip|redo                 what to do with a run folder (finished or interrupted) whose config.json
@@ -191,7 +194,7 @@ check_script_flags() {  # $1: where the flags come from; the rest: the flags. Wh
         case "${word%%=*}" in
             --seed) die "$where sets --seed, which the sweep varies: use benchmark.sh --seeds" ;;
             --env-id) die "$where sets --env-id, which the sweep varies: use benchmark.sh --games" ;;
-            --hadamard|--no-hadamard|--activation|--gate|--param-matched|--no-param-matched|--layer-norm|--no-layer-norm|--redo-interval)
+            --hadamard|--no-hadamard|--activation|--gate|--hadamard-scope|--param-matched|--no-param-matched|--layer-norm|--no-layer-norm|--redo-interval)
                 die "$where sets ${word%%=*}, which the sweep varies: use benchmark.sh --variants" ;;
             --run-name) die "$where sets --run-name, which the sweep sets for each run" ;;
         esac
@@ -290,18 +293,25 @@ script_path() {  # ppo -> <repo>/ppo_atari_hadamard.py; a path stays a path
     esac
 }
 variant_flags() {  # $1: a variant, $2: the script's path; prints the variant's flags for that script
-    [[ "$1" =~ ^((tanh|relu|sigmoid|gelu)(_hr|_pm)?|glu|swiglu|bilinear)(_ln|_noln)?(_redo)?$ ]] || die "unknown variant '$1' (expected <activation>[_hr|_pm] with activation tanh, relu, sigmoid or gelu, or a gate glu, swiglu or bilinear; then _ln for PPO and DQN or _noln for PQN; then _redo; e.g. tanh_hr, glu_ln, tanh_redo)"
-    local representation="${BASH_REMATCH[1]}" activation="${BASH_REMATCH[2]}" form="${BASH_REMATCH[3]}" norm="${BASH_REMATCH[4]}"
-    local redo="${BASH_REMATCH[5]}"
+    local unknown="unknown variant '$1' (expected <activation>[_hr|_pm] with activation tanh, relu, sigmoid or gelu, or a gate glu, swiglu or bilinear; for PQN _all before _pm; then _ln for PPO and DQN or _noln for PQN; then _redo; e.g. tanh_hr, tanh_hr_all, glu_ln, tanh_redo)"
+    [[ "$1" =~ ^(((tanh|relu|sigmoid|gelu)(_hr)?|glu|swiglu|bilinear)(_all)?(_pm)?)(_ln|_noln)?(_redo)?$ ]] || die "$unknown"
+    local representation="${BASH_REMATCH[2]}" activation="${BASH_REMATCH[3]}" hr="${BASH_REMATCH[4]}" scope="${BASH_REMATCH[5]}"
+    local pm="${BASH_REMATCH[6]}" norm="${BASH_REMATCH[7]}" redo="${BASH_REMATCH[8]}"
+    [[ -n "$pm" && ( -n "$hr" || -z "$activation" ) ]] && die "$unknown"  # _pm widens a plain representation
     local flags=() stem
     stem="$(basename "$2" .py)"
     if [[ -z "$activation" ]]; then  # a gate: the form of the two-branch representation, with activations of its own
         flags+=(--hadamard --gate "$representation")
     else
         [[ "$activation" == tanh ]] || flags+=(--activation "$activation")
-        [[ "$form" == _hr ]] && flags+=(--hadamard)
-        [[ "$form" == _pm ]] && flags+=(--param-matched)
+        [[ -n "$hr" ]] && flags+=(--hadamard)
     fi
+    # PQN only: the convs too take the activation (and HR or the gate), as in the paper's PQN figure
+    if [[ -n "$scope" ]]; then
+        [[ "${stem%%_*}" == pqn ]] || die "variant '$1' is not one of $stem.py's: only PQN has --hadamard-scope all (_all)"
+        flags+=(--hadamard-scope all)
+    fi
+    [[ -n "$pm" ]] && flags+=(--param-matched)
     # PPO and DQN have no LayerNorm unless --layer-norm; PQN has it unless --no-layer-norm
     if [[ "$norm" == _ln ]]; then
         [[ "${stem%%_*}" != pqn ]] || die "variant '$1' is not one of $stem.py's: it has LayerNorm already (${1%_ln} is it; _noln takes it off)"

@@ -107,8 +107,8 @@ def test_dry_run_prints_the_paper_comparison_and_runs_nothing(workdir):
 
 
 def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
-    """The gates, `_ln` (PPO, DQN: --layer-norm) or `_noln` (PQN: --no-layer-norm) after a variant, and `_redo` last
-    (--redo-interval, REDO_INTERVAL's or 10000), for each script."""
+    """The gates, PQN's `_all` (--hadamard-scope all) before `_pm`, `_ln` (PPO, DQN: --layer-norm) or `_noln` (PQN:
+    --no-layer-norm) after a variant, and `_redo` last (--redo-interval, REDO_INTERVAL's or 10000), for each script."""
     gates = {gate: ["--hadamard", "--gate", gate] for gate in ("glu", "swiglu", "bilinear")}
     expected = {
         "ppo_atari_hadamard": {"tanh_ln": ["--layer-norm"], "tanh_hr_ln": ["--hadamard", "--layer-norm"], **gates},
@@ -121,6 +121,9 @@ def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
             "tanh_hr_noln": ["--hadamard", "--no-layer-norm"],
             "glu_noln": ["--hadamard", "--gate", "glu", "--no-layer-norm"],
             "tanh_redo": ["--redo-interval", "10000"],
+            "tanh_hr_all": ["--hadamard", "--hadamard-scope", "all"],
+            "relu_all_pm": ["--activation", "relu", "--hadamard-scope", "all", "--param-matched"],
+            "glu_all_noln": ["--hadamard", "--gate", "glu", "--hadamard-scope", "all", "--no-layer-norm"],
         },
     }
     for stem, variants in expected.items():
@@ -155,6 +158,7 @@ def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
             "PQN_ARGS sets --no-layer-norm, which the sweep varies: use benchmark.sh --variants",
         ),
         (["--", "--gate", "glu"], {}, "a flag after -- sets --gate, which the sweep varies"),
+        ([], {"PQN_ARGS": "--hadamard-scope=all"}, "PQN_ARGS sets --hadamard-scope, which the sweep varies"),
         (["--games", "Breakout,Foo"], {}, "unknown game 'Foo' (not an ale-py ROM)"),
         (["--games", "Breakot"], {}, "unknown game 'Breakot' (not an ale-py ROM); did you mean Breakout"),
         (
@@ -236,6 +240,10 @@ def test_quick_profile_dry_run(workdir):
         (["--variants", "tanh,tanh_xx"], "unknown variant 'tanh_xx'"),
         (["--variants", "glu_hr"], "unknown variant 'glu_hr'"),
         (["--variants", "tanh_redo_ln"], "unknown variant 'tanh_redo_ln'"),
+        (["--variants", "tanh_pm_all"], "unknown variant 'tanh_pm_all'"),
+        (["--variants", "glu_pm"], "unknown variant 'glu_pm'"),
+        (["--variants", "tanh_hr_pm"], "unknown variant 'tanh_hr_pm'"),
+        (["--scripts", "dqn", "--variants", "tanh_hr_all"], "only PQN has --hadamard-scope all (_all)"),
         (["--scripts", "ppo", "--variants", "tanh,tanh_noln"], "variant 'tanh_noln' is not one of ppo_atari_hadamard.py's"),
         (
             ["--scripts", "pqn", "--variants", "glu_ln"],
