@@ -386,14 +386,13 @@ while IFS=$'\t' read -r i differences; do
     [[ -z "$i" ]] || other[$i]="$differences"
 done <<<"$other_runs"
 
-todo=() todo_stems=() redo=() finished=0 interrupted=0 running=0
+todo=() redo=() finished=0 interrupted=0 running=0
 for i in "${!names[@]}"; do
     if [[ -n "${other[$i]:-}" && "$mismatched" == skip ]]; then
         continue
     elif [[ -n "${other[$i]:-}" ]]; then
         redo+=("$i")
         todo+=("$i")
-        todo_stems+=("${stems[$i]}")
     elif [[ -f "$RUNS_DIR/${names[$i]}/done.json" ]]; then
         finished=$((finished + 1))
     elif [[ ${locked[$i]} -eq 1 ]]; then
@@ -401,16 +400,34 @@ for i in "${!names[@]}"; do
     else
         [[ -d "$RUNS_DIR/${names[$i]}" ]] && interrupted=$((interrupted + 1))
         todo+=("$i")
-        todo_stems+=("${stems[$i]}")
     fi
 done
 
 estimate() {  # roughly how long the runs to do take, at the speed of the finished runs of the same script here
     [[ ${#todo[@]} -gt 0 ]] || { echo "nothing to run"; return; }
     [[ -n "$steps" ]] || { echo "duration unknown: give --total-timesteps to estimate it"; return; }
-    "$PYTHON" - "$RUNS_DIR" "$jobs" "$steps" "$slurm" "${todo_stems[@]}" 2>/dev/null <<'PY' || echo "duration unknown"
-import glob, json, os, statistics, sys
-runs_dir, jobs, steps, slurm, stems = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5:]
+    local todo_names=() fresh=() i
+    for i in "${todo[@]}"; do todo_names+=("${names[$i]}"); done
+    for i in "${redo[@]}"; do fresh+=("${names[$i]}"); done  # their folders move away: they start from step 0
+    FRESH="${fresh[*]-}" "$PYTHON" - "$RUNS_DIR" "$jobs" "$steps" "$slurm" "${todo_names[@]}" 2>/dev/null <<'PY' || echo "duration unknown"
+import glob, json, os, re, statistics, sys
+runs_dir, jobs, steps, slurm, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5:]
+stems = [name.split("__")[1] for name in names]
+
+
+def steps_done(name: str) -> int:
+    """An interrupted run's last step in its train.log (its progress lines, its interrupt or resume line): it resumes
+    there, or up to a checkpoint interval before it after a hard kill. 0 for a run that starts afresh."""
+    if name in os.environ["FRESH"].split():
+        return 0
+    try:
+        log = open(os.path.join(runs_dir, name, "train.log"), errors="replace").read()
+    except OSError:
+        return 0
+    found = re.findall(r"^(?:step +([\d,]+)/|interrupted at step (\d+)|resuming from step (\d+))", log, re.M)
+    return min(steps, int("".join(found[-1]).replace(",", ""))) if found else 0
+
+
 speeds = {}
 for path in glob.glob(os.path.join(runs_dir, "*", "done.json")):
     done, parts = json.load(open(path)), os.path.basename(os.path.dirname(path)).split("__")
@@ -420,7 +437,7 @@ missing = sorted(set(stems) - set(speeds))
 if missing:
     print(f"duration unknown: no finished run of {', '.join(missing)} here to time")
 else:
-    hours = sum(steps / statistics.median(speeds[stem]) for stem in stems) / 3600
+    hours = sum((steps - steps_done(name)) / statistics.median(speeds[stem]) for name, stem in zip(names, stems)) / 3600
     print(f"about {hours:.1f} h of runs in all" + ("" if slurm else f", {hours / jobs:.1f} h at {jobs} at once") +
           " (at the median speed of the finished runs here)")
 PY

@@ -188,7 +188,8 @@ def test_bad_options_stop_before_anything_runs(workdir, fake_python, args, env, 
 
 
 def test_dry_run_estimates_the_duration_from_finished_runs(workdir):
-    """At the speed of the finished runs of the same script here (done.json: steps and wall time), or says it cannot."""
+    """At the speed of the finished runs of the same script here (done.json: steps and wall time), for the steps each run
+    has left, or says it cannot."""
     done = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__9"
     done.mkdir(parents=True)
     (done / "done.json").write_text(json.dumps({"global_step": 1000, "wall_time_s": 10.0}))  # 100 steps per second
@@ -200,6 +201,16 @@ def test_dry_run_estimates_the_duration_from_finished_runs(workdir):
     )
     header = bench("--scripts", "ppo,dqn", *sweep, cwd=workdir).stdout.splitlines()[0]
     assert header.endswith("duration unknown: no finished run of dqn_atari_hadamard here to time")
+    # an interrupted run counts only the steps left after the last step its log shows
+    interrupted = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__1"
+    interrupted.mkdir()
+    (interrupted / "train.log").write_text(
+        "step    90,000/360,000 ( 25%)  elapsed 0:15:00\ninterrupted at step 93000: checkpoint written to x; run the same"
+        " command to resume\n# resume\nresuming from step 93000 (x): new games start\nstep   180,000/360,000 ( 50%)\n"
+    )
+    sweep = "--dry-run --games Breakout --variants tanh --seeds 1 --total-timesteps 360000 --jobs 1".split()
+    header = bench("--scripts", "ppo", *sweep, cwd=workdir).stdout.splitlines()[0]
+    assert "1 to run (1 of them interrupted" in header and "about 0.5 h of runs in all, 0.5 h at 1 at once" in header
 
 
 def test_flags_environment_and_passthrough(workdir):
