@@ -534,7 +534,11 @@ if [[ $slurm -eq 1 ]]; then
         echo "dry run: not submitted; submit with: sbatch $sweep_dir/job.sbatch"
     elif command -v sbatch >/dev/null 2>&1; then
         sbatch "$sweep_dir/job.sbatch"
-        echo "submitted; when it has finished, write the report with: bash $SELF --report-only"
+        # the command as it is to be typed, from any folder: this sweep's python, runs and report folder
+        report_command="bash $(printf '%q' "$SELF") --report-only --runs-dir $(printf '%q' "$(realpath -m "$RUNS_DIR")")"
+        report_command+=" --out $(printf '%q' "$(realpath -m "$report_dir")")"
+        [[ "$PYTHON" == python ]] || report_command="PYTHON=$(printf '%q' "$PYTHON") $report_command"
+        echo "submitted; when it has finished, write the report with: $report_command"
     else
         echo "sbatch not found (not a Slurm machine): submit the job script there with: sbatch $sweep_dir/job.sbatch"
     fi

@@ -52,8 +52,8 @@ def slurm(tmp_path_factory):
         subprocess.run(["bash", str(SLURM_LOCAL), "stop", str(folder)], capture_output=True, timeout=120)
 
 
-def submit(workdir: Path, env: dict, *args: str) -> str:
-    """benchmark.sh --slurm with `args`; returns the job id sbatch gave."""
+def submit(workdir: Path, env: dict, *args: str) -> tuple[str, str]:
+    """benchmark.sh --slurm with `args`; returns the job id sbatch gave and what the sweep printed."""
     result = subprocess.run(
         ["bash", str(ROOT / "benchmark.sh"), "--slurm", "--slurm-cpus", "1", "--slurm-mem", "1G", *args],
         cwd=workdir,
@@ -63,7 +63,7 @@ def submit(workdir: Path, env: dict, *args: str) -> str:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return re.search(r"Submitted batch job (\d+)", result.stdout).group(1)
+    return re.search(r"Submitted batch job (\d+)", result.stdout).group(1), result.stdout
 
 
 def wait_until(condition, env: dict, job: str, timeout: float, what: str):
@@ -92,20 +92,28 @@ def assert_finished(run_dir: Path, total: int) -> str:
 
 def test_an_array_of_two_runs_finishes(workdir, slurm):
     sweep = "--scripts ppo --games Breakout --variants tanh,tanh_hr --seeds 1 --total-timesteps 128".split()
-    job = submit(workdir, slurm, *sweep, "--", *TINY_PPO)
+    job, printed = submit(workdir, slurm, *sweep, "--", *TINY_PPO)
     runs = [workdir / "runs" / f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{variant}__1" for variant in ("tanh", "tanh_hr")]
     wait_until(lambda: job_ended(slurm, job), slurm, job, 300, "both array tasks")
     for run_dir in runs:
         assert (run_dir / "done.json").exists(), slurm_output(workdir)
         assert_finished(run_dir, 128)
     assert slurm_output(workdir).count(" done  BreakoutNoFrameskip-v4__ppo_atari_hadamard__") == 2
+    # the report hint, typed as printed in another folder and a shell without the sweep's PYTHON
+    hint = printed.split("when it has finished, write the report with: ")[1].splitlines()[0]
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in slurm.items() if k != "PYTHON"}
+    result = subprocess.run(["bash", "-c", hint], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 finished runs" in (workdir / "results" / "results.md").read_text() and list(elsewhere.iterdir()) == []
 
 
 def test_a_requeued_task_resumes_its_run_from_the_checkpoint(workdir, slurm):
     """`scontrol requeue` of the running task: Slurm sends SIGTERM to the task's processes, the run writes its checkpoint,
     and the task that Slurm starts again resumes it, to exactly --total-timesteps."""
     sweep = "--scripts ppo --games Breakout --variants tanh --seeds 1 --total-timesteps 3072".split()
-    job = submit(workdir, slurm, *sweep, "--", *TINY_PPO)
+    job, _ = submit(workdir, slurm, *sweep, "--", *TINY_PPO)
     log = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__1" / "train.log"
     wait_until(lambda: log.exists() and "\nstep " in log.read_text(), slurm, job, 300, "the run's first iteration")
     requeued = subprocess.run(["scontrol", "requeue", f"{job}_0"], env=slurm, capture_output=True, text=True)
@@ -123,7 +131,7 @@ def test_a_run_longer_than_its_time_limit_finishes_over_several_allocations(work
     # about 65 s of training here (2 envs x 128 steps an iteration), more than the 30 s an allocation gives it at most
     sweep = "--scripts ppo --games Breakout --variants tanh --seeds 1 --total-timesteps 12288 --slurm-time 1 --slurm-grace 30"
     flags = "--num-envs 2 --num-steps 128 --num-minibatches 2 --update-epochs 1 --metrics-interval 0"
-    job = submit(workdir, slurm, *sweep.split(), "--", *flags.split())
+    job, _ = submit(workdir, slurm, *sweep.split(), "--", *flags.split())
     wait_until(lambda: job_ended(slurm, job), slurm, job, 900, "the run over its allocations")
     text = assert_finished(workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__1", 12288)
     allocations = [line.split()[3] for line in text.splitlines() if line.startswith("# ")]
