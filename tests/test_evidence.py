@@ -1,5 +1,5 @@
-"""The committed evidence (evidence/): the sweep that makes it runs the README's comparison, and the committed report is
-the one its committed runs give."""
+"""The committed evidence (evidence/): the sweep that makes it runs the README's comparison, the committed report is
+the one its committed runs give, and the README's "Results" quote that report."""
 
 import re
 import shutil
@@ -78,3 +78,40 @@ def test_the_committed_report_is_the_one_the_committed_runs_give(tmp_path, monke
         assert (made / name).read_text() == (committed / name).read_text(), f"evidence/report/{name} is not what the runs give"
     for figure in sorted(committed.glob("*.png")):
         assert (made / figure.name).exists(), figure.name
+
+
+def table_rows(text: str, after: str) -> list[list[str]]:
+    """The cells of the body rows of the first markdown table from the first line that starts with `after` on (that line
+    may be the table's header)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(after))
+    rows = []
+    for line in lines[start:]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]  # below the header and its rule
+
+
+def test_the_readme_results_quote_the_committed_report():
+    """README "Results": each algorithm's count of finished runs is the committed one, and the PQN table's final return,
+    return AUC (with their intervals), seeds and the representation at 250k, 500k and 1M are the report's."""
+    readme = (ROOT / "README.md").read_text()
+    results = readme[readme.index("\n## Results\n") :]
+    for row in table_rows(results, "| algorithm | variants |"):
+        algorithm = row[0].split(",")[0].lower()
+        finished = sum(f"__{algorithm}_atari_hadamard__" in name for name in finished_runs())
+        assert row[4].startswith(f"{finished} of "), f"README Results says {row[4]!r} for {row[0]!r}; evidence/runs/ holds {finished}"
+    report = (EVIDENCE / "report" / "results.md").read_text()
+    pqn = report[report.index("\n## pqn\n") :].split("\n## ")[1]
+    speed = {row[1]: row for row in table_rows(pqn, "Learning speed")}
+    fixed = {(row[1], row[2]): row for row in table_rows(pqn, "Representation at fixed steps")}
+    quoted = table_rows(results, "**What the finished runs show: PQN")
+    assert sorted(row[0] for row in quoted) == sorted(speed), "the README's PQN table shows every variant of the report"
+    for variant, seeds, final, auc, dead, effective_rank, srank in quoted:
+        assert [seeds, final, auc] == [speed[variant][2], speed[variant][4], speed[variant][3]], variant
+        for column, values in ((4, dead), (5, effective_rank)):
+            means = [float(fixed[(variant, step)][column].split(" ± ")[0]) for step in ("250k", "500k", "1M")]
+            assert [float(value) for value in values.split(" / ")] == means, (variant, values)
+        assert float(srank) == float(fixed[(variant, "1M")][6].split(" ± ")[0]), variant
