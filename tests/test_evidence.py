@@ -102,7 +102,9 @@ def test_the_readme_results_quote_the_committed_report():
     for row in table_rows(results, "| algorithm | variants |"):
         algorithm = row[0].split(",")[0].lower()
         finished = sum(f"__{algorithm}_atari_hadamard__" in name for name in finished_runs())
-        assert row[4].startswith(f"{finished} of "), f"README Results says {row[4]!r} for {row[0]!r}; evidence/runs/ holds {finished}"
+        assert row[4].startswith(f"{finished} of "), (
+            f"README Results says {row[4]!r} for {row[0]!r}; evidence/runs/ holds {finished}"
+        )
     report = (EVIDENCE / "report" / "results.md").read_text()
     pqn = report[report.index("\n## pqn\n") :].split("\n## ")[1]
     speed = {row[1]: row for row in table_rows(pqn, "Learning speed")}
