@@ -1,6 +1,7 @@
 """The committed evidence (evidence/): the sweep that makes it runs the README's comparison, the committed report is
 the one its committed runs give, and the README's "Results" quote that report."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -56,6 +57,20 @@ def test_the_evidence_sweep_runs_the_comparison_seed_by_seed():
     for name, command in commands.items():
         assert "--total-timesteps 1000000" in command and "--checkpoint-interval 100000" in command, command
         assert (PQN_PRESET in command) == ("__pqn_" in name), command
+
+
+def test_the_pqn_runs_ran_purejaxqls_preset():
+    """Each committed PQN run is purejaxql's preset run whole: 128 envs x 32 steps, a batch of 4096 in 32 minibatches of
+    128, 2 epochs, 1M steps (the preset's end-to-end test: a tiny run of it spends 30 s creating its 128 emulators)."""
+    runs = [name for name in finished_runs() if "__pqn_atari_hadamard__" in name]
+    if not runs:
+        pytest.skip("no finished PQN evidence run is committed yet")
+    for name in runs:
+        config = json.loads((EVIDENCE / "runs" / name / "config.json").read_text())
+        preset = {key: config[key] for key in ("num_envs", "num_steps", "batch_size", "minibatch_size", "update_epochs")}
+        assert preset == {"num_envs": 128, "num_steps": 32, "batch_size": 4096, "minibatch_size": 128, "update_epochs": 2}
+        assert config["end_e"] == 0.001 and config["total_timesteps"] == 1_000_000, name
+        assert json.loads((EVIDENCE / "runs" / name / "done.json").read_text())["global_step"] == 999_424, name  # 244 batches
 
 
 def test_the_committed_report_is_the_one_the_committed_runs_give(tmp_path, monkeypatch):

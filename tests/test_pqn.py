@@ -29,7 +29,6 @@ TINY = (
     "--num-envs 2 --num-steps 16 --total-timesteps 128 --num-minibatches 2 --update-epochs 1 --metrics-interval 64 "
     "--metrics-batch-size 32"
 ).split()
-PUREJAXQL = ("--num-envs", "128", "--num-steps", "32", "--update-epochs", "2", "--num-minibatches", "32", "--end-e", "0.001")
 LAYERS = ("conv1", "conv2", "conv3", "fc")
 RANKS = ("srank", "effective_rank", "feature_rank", "stable_rank", "feature_norm", "dormant_fraction", "dead_fraction")
 
@@ -299,13 +298,6 @@ def test_sigterm_then_the_same_command_resumes_the_run(workdir):
     )
     q_network = pqn.QNetwork(checkpoint["num_actions"], width=checkpoint["representation_width"])
     assert_restores(pqn, checkpoint, q_network, torch.optim.RAdam(q_network.parameters(), lr=2.5e-4))
-
-
-def test_purejaxql_preset_runs(workdir):
-    run_dir = run_ok(SCRIPT, *PUREJAXQL, "--total-timesteps", "4096", "--metrics-interval", "4096", cwd=workdir)
-    check_run(run_dir)
-    config = read_config(run_dir)
-    assert config["batch_size"] == 4096 and config["minibatch_size"] == 128
 
 
 @pytest.mark.parametrize(
