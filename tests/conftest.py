@@ -146,9 +146,17 @@ def run_fails(script: str, *args: str, cwd: Path) -> str:
     return line
 
 
-def assert_bad_model_files_rejected(script: str, algorithm: str, misfit: dict, workdir: Path):
-    """Missing, corrupt, foreign, partial and misfitting model files each stop `--eval-model` with one clear line.
-    `misfit` is a complete checkpoint of `algorithm` whose weights do not fit the network its args describe."""
+def assert_bad_model_files_rejected(script: str, algorithm: str, small_network: torch.nn.Module, workdir: Path, **args):
+    """Missing, corrupt, foreign, partial and misfitting model files each stop `--eval-model` with one clear line. The
+    misfit is a complete model file of `algorithm` whose weights (`small_network`'s: 64 units) do not fit the network of
+    its args (512 tanh units; `args` adds what else the script's model file holds)."""
+    misfit = {
+        "algorithm": algorithm,
+        "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False, "param_matched": False, **args},
+        "num_actions": 4,
+        "representation_width": 512,
+        "state_dict": small_network.state_dict(),
+    }
     torch.save({"algorithm": "ppo" if algorithm != "ppo" else "dqn", "state_dict": {}}, workdir / "foreign.pt")
     torch.save({"algorithm": algorithm, "state_dict": {}}, workdir / "partial.pt")
     torch.save(misfit, workdir / "misfit.pt")

@@ -396,14 +396,7 @@ def test_metrics_do_not_change_the_run(workdir):
 
 
 def test_bad_model_files_are_one_line_errors(workdir):
-    misfit = {
-        "algorithm": "dqn",
-        "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False, "param_matched": False},
-        "num_actions": 4,
-        "representation_width": 512,
-        "state_dict": dqn.QNetwork(4, width=64).state_dict(),
-    }
-    assert_bad_model_files_rejected(SCRIPT, "dqn", misfit, workdir)
+    assert_bad_model_files_rejected(SCRIPT, "dqn", dqn.QNetwork(4, width=64), workdir)
 
 
 @pytest.mark.parametrize(

@@ -110,8 +110,9 @@ def table_rows(text: str, after: str) -> list[list[str]]:
 
 
 def test_the_readme_results_quote_the_committed_report():
-    """README "Results": each algorithm's count of finished runs is the committed one, and the PQN table's final return,
-    return AUC (with their intervals), seeds and the representation at 250k, 500k and 1M are the report's."""
+    """README "Results": each algorithm's count of finished runs is the committed one, and each algorithm's table of what
+    its finished runs show (PQN's; PPO's and DQN's once they have one) quotes the report: seeds, final return and return
+    AUC (with their intervals), and the representation at 250k, 500k and 1M."""
     readme = (ROOT / "README.md").read_text()
     results = readme[readme.index("\n## Results\n") :]
     for row in table_rows(results, "| algorithm | variants |"):
@@ -121,14 +122,17 @@ def test_the_readme_results_quote_the_committed_report():
             f"README Results says {row[4]!r} for {row[0]!r}; evidence/runs/ holds {finished}"
         )
     report = (EVIDENCE / "report" / "results.md").read_text()
-    pqn = report[report.index("\n## pqn\n") :].split("\n## ")[1]
-    speed = {row[1]: row for row in table_rows(pqn, "Learning speed")}
-    fixed = {(row[1], row[2]): row for row in table_rows(pqn, "Representation at fixed steps")}
-    quoted = table_rows(results, "**What the finished runs show: PQN")
-    assert sorted(row[0] for row in quoted) == sorted(speed), "the README's PQN table shows every variant of the report"
-    for variant, seeds, final, auc, dead, effective_rank, srank in quoted:
-        assert [seeds, final, auc] == [speed[variant][2], speed[variant][4], speed[variant][3]], variant
-        for column, values in ((4, dead), (5, effective_rank)):
-            means = [float(fixed[(variant, step)][column].split(" ± ")[0]) for step in ("250k", "500k", "1M")]
-            assert [float(value) for value in values.split(" / ")] == means, (variant, values)
-        assert float(srank) == float(fixed[(variant, "1M")][6].split(" ± ")[0]), variant
+    headers = re.findall(r"^\*\*What the finished runs show: (\w+) .*$", results, flags=re.MULTILINE)
+    assert "PQN" in headers
+    for header in headers:
+        section = report[report.index(f"\n## {header.lower()}\n") :].split("\n## ")[1]
+        speed = {row[1]: row for row in table_rows(section, "Learning speed")}
+        fixed = {(row[1], row[2]): row for row in table_rows(section, "Representation at fixed steps")}
+        quoted = table_rows(results, f"**What the finished runs show: {header} ")
+        assert sorted(row[0] for row in quoted) == sorted(speed), f"the README's {header} table shows every variant"
+        for variant, seeds, final, auc, dead, effective_rank, srank in quoted:
+            assert [seeds, final, auc] == [speed[variant][2], speed[variant][4], speed[variant][3]], (header, variant)
+            for column, values in ((4, dead), (5, effective_rank)):
+                means = [float(fixed[(variant, step)][column].split(" ± ")[0]) for step in ("250k", "500k", "1M")]
+                assert [float(value) for value in values.split(" / ")] == means, (header, variant, values)
+            assert float(srank) == float(fixed[(variant, "1M")][6].split(" ± ")[0]), (header, variant)

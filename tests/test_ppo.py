@@ -245,14 +245,7 @@ def test_save_load_evaluate_round_trip(workdir):
 
 
 def test_bad_model_files_are_one_line_errors(workdir):
-    misfit = {
-        "algorithm": "ppo",
-        "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False, "param_matched": False},
-        "num_actions": 4,
-        "representation_width": 512,
-        "state_dict": ppo.Agent(4, width=64).state_dict(),
-    }
-    assert_bad_model_files_rejected(SCRIPT, "ppo", misfit, workdir)
+    assert_bad_model_files_rejected(SCRIPT, "ppo", ppo.Agent(4, width=64), workdir)
 
 
 @pytest.mark.parametrize(

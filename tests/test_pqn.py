@@ -321,17 +321,4 @@ def test_bad_input_stops_with_one_line(workdir, args, message):
 
 
 def test_bad_model_files_are_one_line_errors(workdir):
-    misfit = {
-        "algorithm": "pqn",
-        "args": {
-            "env_id": "BreakoutNoFrameskip-v4",
-            "activation": "tanh",
-            "hadamard": False,
-            "hadamard_scope": "representation",
-            "param_matched": False,
-        },
-        "num_actions": 4,
-        "representation_width": 512,
-        "state_dict": pqn.QNetwork(4, width=64).state_dict(),
-    }
-    assert_bad_model_files_rejected(SCRIPT, "pqn", misfit, workdir)
+    assert_bad_model_files_rejected(SCRIPT, "pqn", pqn.QNetwork(4, width=64), workdir, hadamard_scope="representation")
