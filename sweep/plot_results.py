@@ -588,8 +588,11 @@ def aggregate(runs: list[Run], games: list[str], window: int, reps: int, seed: i
     scores = np.array([columns[g][:num_runs] for g in normalised]).T  # runs x games
     points, intervals = interval_estimates(scores, reps, seed, library)
     dropped = sum(len(c) for c in columns.values()) - scores.size
-    note = f"{dropped} run(s) left out so that every game has {num_runs}" if dropped else ""
-    return Aggregate(normalised, num_runs, points, intervals, note)
+    notes = [f"{dropped} run(s) left out so that every game has {num_runs}"] if dropped else []
+    if num_runs == 1:  # resampling one run per game redraws that run: a zero-width interval, not a confidence interval
+        intervals = np.full_like(intervals, np.nan)
+        notes.append("one run per game: no CI")
+    return Aggregate(normalised, num_runs, points, intervals, "; ".join(notes))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1027,11 +1030,8 @@ def write_report(
             if agg.points is None:
                 lines.append(f"| {key[1]} | {agg.runs_per_game or '-'} | n/a | n/a | {agg.note} |")
             else:
-                (iqm, median), (low, high) = agg.points, agg.intervals
-                lines.append(
-                    f"| {key[1]} | {agg.runs_per_game} | {iqm:.3f} [{low[0]:.3f}, {high[0]:.3f}] | "
-                    f"{median:.3f} [{low[1]:.3f}, {high[1]:.3f}] | {agg.note} |"
-                )
+                iqm, median = (fmt_interval((agg.points[i], *agg.intervals[:, i]), digits=3) for i in range(2))
+                lines.append(f"| {key[1]} | {agg.runs_per_game} | {iqm} | {median} | {agg.note} |")
         lines.append("")
         for suffix, (tag, label) in CURVES.items():
             name = f"{algorithm}_{suffix}.png"

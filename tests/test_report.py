@@ -359,6 +359,9 @@ def test_representation_at_fixed_steps_and_learning_speed(workdir, capsys):
     assert "| Breakout | tanh | 3 | 4.0 [4.0, 4.0] | 10.0 [10.0, 10.0] | 95% bootstrap CI |" in markdown
     assert "| Breakout | tanh + HR | 1 | 7.0 | 10.0 | none (1 seed) |" in markdown
     assert {r["variant"]: r["return_auc"] for r in csv.DictReader((workdir / "out" / "results.csv").open())}["tanh_hr"] == "7"
+    # the aggregate of one run per game is that run's score, with no interval (resampling it would give [x, x])
+    hns = plot_results.human_normalized(10.0, "Breakout")
+    assert f"| tanh + HR | 1 | {hns:.3f} | {hns:.3f} | one run per game: no CI |" in markdown
 
 
 def test_reports_of_the_same_runs_are_identical(workdir, capsys, monkeypatch):
