@@ -977,9 +977,11 @@ if __name__ == "__main__":
     check_args(args)
     model_file = load_model(args.eval_model) if args.eval_model else None
     if model_file is not None:  # evaluate the saved model on the game and network it was trained with
+        # the flags given on the command line (`--no-hadamard` gives --hadamard): one left out takes the model's value
+        given = {re.sub("^no-", "", a[2:].split("=")[0].replace("_", "-")) for a in sys.argv[1:] if a.startswith("--")}
         for key in MODEL_FLAGS:
             saved, flag = model_file["args"][key], "--" + key.replace("_", "-")
-            if getattr(args, key) not in (getattr(Args, key), saved):  # a flag left at its default takes the model's value
+            if getattr(args, key) != saved and (flag[2:] in given or getattr(args, key) != getattr(Args, key)):
                 trained = f"on {saved}" if key == "env_id" else f"with {flag} {saved}"
                 fail(
                     f"model file {args.eval_model} was trained {trained}, not {getattr(args, key)}; leave {flag} out to "

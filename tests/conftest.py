@@ -147,9 +147,10 @@ def run_fails(script: str, *args: str, cwd: Path) -> str:
 
 
 def assert_bad_model_files_rejected(script: str, algorithm: str, small_network: torch.nn.Module, workdir: Path, **args):
-    """Missing, corrupt, foreign, partial and misfitting model files each stop `--eval-model` with one clear line. The
-    misfit is a complete model file of `algorithm` whose weights (`small_network`'s: 64 units) do not fit the network of
-    its args (512 tanh units; `args` adds what else the script's model file holds)."""
+    """Missing, corrupt, foreign, partial and misfitting model files each stop `--eval-model` with one clear line, and so
+    does a game or network flag given other than the model's (at its default too). The misfit is a complete model file
+    of `algorithm` whose weights (`small_network`'s: 64 units) do not fit the network of its args (512 tanh units; `args`
+    adds what else the script's model file holds)."""
     misfit = {
         "algorithm": algorithm,
         "args": {"env_id": "BreakoutNoFrameskip-v4", "activation": "tanh", "hadamard": False, "param_matched": False, **args},
@@ -170,6 +171,17 @@ def assert_bad_model_files_rejected(script: str, algorithm: str, small_network: 
     }
     for name, message in expected.items():
         assert message in run_fails(script, "--eval-model", name, cwd=workdir), name
+    # a game or network flag given on the command line is the one asked for, even at its default: not the model's
+    torch.save(
+        {**misfit, "args": {**misfit["args"], "env_id": "PongNoFrameskip-v4", "activation": "relu", "hadamard": True}},
+        workdir / "pong.pt",
+    )
+    for flags, message in (
+        (["--env-id", "BreakoutNoFrameskip-v4"], "trained on PongNoFrameskip-v4, not BreakoutNoFrameskip-v4"),
+        (["--activation=tanh"], "trained with --activation relu, not tanh"),
+        (["--no-hadamard"], "trained with --hadamard True, not False"),
+    ):
+        assert message in run_fails(script, "--eval-model", "pong.pt", *flags, cwd=workdir), flags
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
