@@ -70,7 +70,7 @@ class Args:
     checkpoint_interval: int = 500_000
     """write `runs/<run_name>/checkpoint.pt` every this many env steps (0: only on SIGTERM, SIGUSR1 or Ctrl-C)"""
     keep_checkpoint: bool = False
-    """keep a finished run's checkpoint (otherwise removed once done.json is written), to extend the run later"""
+    """keep the checkpoint of the finished training (otherwise removed once done.json is written): a model file too"""
 
     # Environment
     env_id: str = "BreakoutNoFrameskip-v4"
@@ -1317,8 +1317,8 @@ if __name__ == "__main__":
                     wandb.finish(exit_code=128 + interrupts.signum)
                 sys.exit(128 + interrupts.signum)
 
-        # the evaluation follows: it starts from a checkpoint of the finished training
-        if args.save_model or args.capture_video:
+        # the evaluation follows: it starts from a checkpoint of the finished training (as a kept checkpoint is)
+        if args.save_model or args.capture_video or args.keep_checkpoint:
             written = save_checkpoint(checkpoint_path, training_state(args.num_iterations), writer, on_signal=False)
             checkpointed = f"checkpointed to {checkpoint_path}" if written else "but its checkpoint failed (above)"
             interrupts.exit_line = f"interrupted during the evaluation: training is finished, {checkpointed}; {resume_hint}"

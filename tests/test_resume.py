@@ -1,5 +1,5 @@
 """What a run folder holds across starts: the interrupt line's hint followed literally, one process per run folder (its
-lock), the checkpoint of a finished run removed, a checkpoint that cannot be written (a real file size limit, as a full
+lock), the checkpoint of a finished run removed or kept, a checkpoint that cannot be written (a real file size limit, as a full
 disk), starts and wall time counted in done.json, and the checks a checkpoint passes before anything is written."""
 
 import importlib
@@ -70,6 +70,15 @@ def test_a_run_without_run_name_is_its_folders_only_writer_and_resumes_as_its_in
     assert [entry.split(": ", 1)[1] for entry in starts(run_dir)] == ["start", f"resume from step {match.group(1)}"]
     assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint.pt.tmp").exists()
     assert sorted((workdir / "runs").iterdir()) == [run_dir]
+
+
+def test_a_kept_checkpoint_is_the_finished_trainings(workdir):
+    """--keep-checkpoint keeps the checkpoint of the finished training, written at its end (with no evaluation after it
+    and no periodic checkpoint on the way), not the last periodic one or none."""
+    run_dir = workdir / "runs" / "kept"
+    result = run_script(PQN, *SHORT[PQN], "--checkpoint-interval", "0", "--keep-checkpoint", "--run-name", "kept", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["global_step"] == 512
 
 
 def test_starts_that_ended_before_a_checkpoint_count_and_wall_time_counts_start_up(workdir):
