@@ -158,6 +158,8 @@ SCRIPT = os.path.basename(__file__)
 MODEL_FLAGS = ("env_id", "activation", "hadamard", "hadamard_scope", "param_matched", "gate", "layer_norm")
 # the model flags that came after the first model files: a file without one was trained with the flag's default
 ADDED_MODEL_FLAGS = ("gate", "layer_norm")
+# the env settings a model file holds: --eval-model evaluates with the training's unless these flags are given
+MODEL_ENV_FLAGS = ("repeat_action_probability", "fire_on_life_loss")
 REPRESENTATION_WIDTH = 512  # the representation's units (--param-matched widens it)
 
 
@@ -988,6 +990,9 @@ if __name__ == "__main__":
                     "evaluate it as it was trained"
                 )
             setattr(args, key, saved)
+        for key in MODEL_ENV_FLAGS:  # (a file written before the flag existed was trained at the flag's default)
+            if key.replace("_", "-") not in given:
+                setattr(args, key, model_file["args"].get(key, getattr(Args, key)))
     rom, repeat_action_probability = parse_env_id(args.env_id, args.repeat_action_probability)
     if args.track:
         try:

@@ -268,6 +268,7 @@ def test_gate_without_layer_norm_end_to_end(workdir):
 
 def test_tanh_hr_save_video_and_eval_model(workdir):
     flags = "--hadamard --save-model --capture-video --eval-episodes 1 --eval-epsilon 1 --run-name hr".split()
+    flags += ["--no-fire-on-life-loss", "--repeat-action-probability", "0.1"]  # the evaluation takes them from the model
     run_dir, stdout = run_ok_output(SCRIPT, *TINY, *flags, cwd=subdir(workdir, "train"))
     assert_progress_and_outputs(stdout, run_dir, videos=True)
     scalars = check_run(run_dir, hr_layers=("fc",))
@@ -281,7 +282,9 @@ def test_tanh_hr_save_video_and_eval_model(workdir):
     assert "trained on BreakoutNoFrameskip-v4, not PongNoFrameskip-v4" in message
     eval_dir = run_ok(SCRIPT, "--eval-model", str(model), "--eval-episodes", "1", "--eval-epsilon", "1", cwd=workdir / "eval")
     assert len(read_scalars(eval_dir)["eval/episodic_return"]) == 1
-    assert read_config(eval_dir)["variant"] == "tanh_hr"
+    config = read_config(eval_dir)
+    assert config["variant"] == "tanh_hr"
+    assert (config["fire_on_life_loss"], config["repeat_action_probability"]) == (False, 0.1)
 
 
 def test_sigterm_then_the_same_command_resumes_the_run(workdir):
