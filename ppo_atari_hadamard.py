@@ -161,6 +161,9 @@ MODEL_FLAGS = ("env_id", "activation", "hadamard", "param_matched", "gate", "lay
 ADDED_MODEL_FLAGS = ("gate", "layer_norm")
 # the env settings a model file holds: --eval-model evaluates with the training's unless these flags are given
 MODEL_ENV_FLAGS = ("repeat_action_probability", "fire_on_life_loss")
+# the flags an --eval-model run uses besides those: any other is training's, and refused there (it would do nothing)
+EVAL_FLAGS = ("eval_model", "eval_episodes", "eval_epsilon", "capture_video", "save_model", "seed", "torch_deterministic")
+EVAL_FLAGS += ("cuda", "track", "wandb_project_name", "wandb_entity", "run_name", "exp_name")
 
 
 # ----------------------------------------------------------------------------- run setup
@@ -1030,6 +1033,10 @@ if __name__ == "__main__":
     if model_file is not None:  # evaluate the saved model on the game and network it was trained with
         # the flags given on the command line (`--no-hadamard` gives --hadamard): one left out takes the model's value
         given = {re.sub("^no-", "", a[2:].split("=")[0].replace("_", "-")) for a in sys.argv[1:] if a.startswith("--")}
+        training = given - {key.replace("_", "-") for key in (*EVAL_FLAGS, *MODEL_FLAGS, *MODEL_ENV_FLAGS)}
+        if training:
+            flags = ", ".join(f"--{flag}" for flag in sorted(training))
+            fail(f"--eval-model trains nothing: {flags} would do nothing; leave them out")
         for key in MODEL_FLAGS:
             saved, flag = model_file["args"][key], "--" + key.replace("_", "-")
             if getattr(args, key) != saved and (flag[2:] in given or getattr(args, key) != getattr(Args, key)):

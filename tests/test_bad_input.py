@@ -102,7 +102,7 @@ def test_eval_model_on_a_folder_says_it_is_a_folder(workdir, script):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_eval_model_with_network_flags_other_than_the_models(workdir, script):
     """A network flag given with a value other than the model's is an error naming the model's value; a flag given with the
-    model's value is accepted (the error names the next flag)."""
+    model's value is accepted (the error names the next flag). A training flag, which would do nothing, is an error."""
     module = MODULES[script]
     saved = module.Args(activation="relu", hadamard=True)
     network = (module.Agent if script == PPO else module.QNetwork)(4, "relu", True)
@@ -119,6 +119,8 @@ def test_eval_model_with_network_flags_other_than_the_models(workdir, script):
     for flags, message in cases:
         line = run_fails(script, "--eval-model", "model.pt", *flags, cwd=workdir)
         assert line.startswith("error: model file model.pt was trained") and message in line, line
+    line = run_fails(script, "--eval-model", "model.pt", "--total-timesteps", "100", "--learning_rate=0.1", cwd=workdir)
+    assert line == "error: --eval-model trains nothing: --learning-rate, --total-timesteps would do nothing; leave them out"
 
 
 CHECK_ARGS_CASES = [
