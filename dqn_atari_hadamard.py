@@ -249,6 +249,8 @@ def check_args(args: Args):
         fail("--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on (0: off)")
     if args.redo_rule == "dead" and args.redo_tau != Args.redo_tau:
         fail("--redo-tau is the dormant rule's threshold: --redo-rule dead takes none")
+    if not args.track and (args.wandb_project_name, args.wandb_entity) != (Args.wandb_project_name, Args.wandb_entity):
+        fail("--wandb-project-name and --wandb-entity name the W&B run of --track: give them with --track")
     # ALGO LOGIC: the algorithm's own flags
     for name in ("buffer_size", "batch_size", "train_frequency", "target_network_frequency"):
         if getattr(args, name) <= 0:

@@ -256,6 +256,8 @@ def check_args(args: Args):
         fail("--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on (0: off)")
     if args.redo_rule == "dead" and args.redo_tau != Args.redo_tau:
         fail("--redo-tau is the dormant rule's threshold: --redo-rule dead takes none")
+    if not args.track and (args.wandb_project_name, args.wandb_entity) != (Args.wandb_project_name, Args.wandb_entity):
+        fail("--wandb-project-name and --wandb-entity name the W&B run of --track: give them with --track")
     # ALGO LOGIC: the algorithm's own flags
     for name in ("num_steps", "num_minibatches", "update_epochs"):
         if getattr(args, name) <= 0:

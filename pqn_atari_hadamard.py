@@ -256,6 +256,8 @@ def check_args(args: Args):
         fail("--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on (0: off)")
     if args.redo_rule == "dead" and args.redo_tau != Args.redo_tau:
         fail("--redo-tau is the dormant rule's threshold: --redo-rule dead takes none")
+    if not args.track and (args.wandb_project_name, args.wandb_entity) != (Args.wandb_project_name, Args.wandb_entity):
+        fail("--wandb-project-name and --wandb-entity name the W&B run of --track: give them with --track")
     # ALGO LOGIC: the algorithm's own flags
     for name in ("num_steps", "num_minibatches", "update_epochs"):
         if getattr(args, name) <= 0:
@@ -269,13 +271,11 @@ def check_args(args: Args):
         fail(f"--gamma and --q-lambda must be in [0, 1], got {args.gamma} and {args.q_lambda}")
     if args.learning_rate <= 0 or args.max_grad_norm <= 0:
         fail(f"--learning-rate and --max-grad-norm must be positive, got {args.learning_rate} and {args.max_grad_norm}")
-    for name in ("start_e", "end_e", "eval_epsilon"):
+    for name in ("start_e", "end_e", "exploration_fraction", "eval_epsilon"):  # (a fraction past 1 never reaches --end-e)
         if not 0.0 <= getattr(args, name) <= 1.0:
             fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
     if args.start_e < args.end_e:  # linear_schedule would hold epsilon at --end-e from the first step
         fail(f"--start-e {args.start_e} is below --end-e {args.end_e}: epsilon decays from --start-e to --end-e")
-    if args.exploration_fraction < 0:
-        fail(f"--exploration-fraction must be zero or positive, got {args.exploration_fraction}")
 
 
 # ----------------------------------------------------------------------------- environment

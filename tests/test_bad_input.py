@@ -139,6 +139,9 @@ CHECK_ARGS_CASES = [
     (SCRIPTS, {"redo_conv": True}, "--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on"),
     (SCRIPTS, {"redo_rule": "dead"}, "--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on"),
     (SCRIPTS, {"redo_interval": 100, "redo_rule": "dead", "redo_tau": 0.1}, "--redo-tau is the dormant rule's threshold"),
+    (SCRIPTS, {"wandb_entity": "me"}, "--wandb-project-name and --wandb-entity name the W&B run of --track"),
+    (SCRIPTS, {"wandb_project_name": "x"}, "--wandb-project-name and --wandb-entity name the W&B run of --track"),
+    ([DQN, PQN], {"exploration_fraction": 1.5}, "--exploration-fraction must be in [0, 1], got 1.5"),
 ]
 
 
