@@ -73,7 +73,8 @@ Slurm mode:
   --sbatch-args "ARGS"  SBATCH_EXTRA     more #SBATCH options, e.g. "--partition=gpu --gres=gpu:1"
 Report:
   --report                               after the sweep, write the report (sweep/plot_results.py)
-  --report-only                          only write the report from the runs there are
+  --report-only                          only write the report from the runs there are (takes --out and
+                                         --runs-dir, no other option)
   --out DIR             REPORT_DIR       report folder                       (default: results)
   --runs-dir DIR                         where the runs are written and read: a folder named runs (the scripts
                                          write runs/<run name>/ in their working directory, so each runs in
@@ -207,7 +208,9 @@ slurm_time="${SBATCH_TIME:-48:00:00}" slurm_cpus="${SBATCH_CPUS:-4}" slurm_mem="
 slurm_parallel="${SBATCH_PARALLEL:-}" sbatch_extra="${SBATCH_EXTRA:-}" report_dir="${REPORT_DIR:-results}"
 slurm_grace="${SBATCH_GRACE:-300}"
 passthrough=()
+sweep_opts=()  # what is given besides --report-only's own options: with --report-only, it would do nothing
 while [[ $# -gt 0 ]]; do
+    [[ "$1" =~ ^(--report-only|--out|--runs-dir|-h|--help)$ ]] || sweep_opts+=("$1")
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --scripts) need_value "$@"; opt_scripts="$2"; shift 2 ;;
@@ -242,6 +245,8 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
+[[ $report_only -eq 0 || ${#sweep_opts[@]} -eq 0 ]] ||
+    die "--report-only reports the runs in --runs-dir and runs nothing: ${sweep_opts[*]} would do nothing"
 check_python
 run_report() {
     echo "report: $PYTHON $HERE/sweep/plot_results.py --runs-dir $RUNS_DIR --out $report_dir"

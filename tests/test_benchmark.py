@@ -167,6 +167,7 @@ def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
             "env id 'Breakout-v4' is not one the scripts take: use BreakoutNoFrameskip-v4, ALE/Breakout-v5 or Breakout-v5",
         ),
         (["--mismatched", "keep"], {}, "--mismatched must be skip or redo, got 'keep'"),
+        (["--report-only", "--games", "Pong", "--dry-run"], {}, "runs nothing: --games --dry-run would do nothing"),
         # the scripts' flags, parsed by each script's Args before the sweep starts
         (
             ["--", "--num-env", "16"],
