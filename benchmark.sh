@@ -55,9 +55,9 @@ Sweep (flag, or environment variable; lists are space or comma separated):
                                          and runs it again
   --quick                                quick profile: ppo on Breakout, seeds 1 2, the four variants,
                                          50k steps, metrics every 5k steps, 2 jobs (flags still override)
+  --threads N           THREADS          torch/OpenMP threads per run, locally and under Slurm (default: 1)
 Local mode:
-  --jobs N              JOBS             runs at once                        (default: 1)
-  --threads N           THREADS          torch/OpenMP threads per run        (default: 1)
+  --jobs N              JOBS             runs at once (--slurm: --slurm-parallel)  (default: 1)
   --dry-run                              print the commands, run nothing
 Slurm mode:
   --slurm                                write an sbatch array job (one task per unfinished run) from
@@ -245,6 +245,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
+[[ $slurm -eq 0 || -z "$opt_jobs" ]] || die "--jobs sets the runs at once of a local sweep: with --slurm, use --slurm-parallel"
 [[ $report_only -eq 0 || ${#sweep_opts[@]} -eq 0 ]] ||
     die "--report-only reports the runs in --runs-dir and runs nothing: ${sweep_opts[*]} would do nothing"
 check_python

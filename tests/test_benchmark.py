@@ -168,6 +168,7 @@ def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
         ),
         (["--mismatched", "keep"], {}, "--mismatched must be skip or redo, got 'keep'"),
         (["--report-only", "--games", "Pong", "--dry-run"], {}, "runs nothing: --games --dry-run would do nothing"),
+        (["--slurm", "--jobs", "8"], {}, "--jobs sets the runs at once of a local sweep: with --slurm, use --slurm-parallel"),
         # the scripts' flags, parsed by each script's Args before the sweep starts
         (
             ["--", "--num-env", "16"],
