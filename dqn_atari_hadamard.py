@@ -234,6 +234,9 @@ def check_args(args: Args):
         fail("--eval-model needs --eval-episodes of at least 1")
     if args.capture_video and args.eval_episodes == 0:
         fail("--capture-video records the evaluation's games: it needs --eval-episodes of at least 1")
+    evaluates = args.save_model or args.capture_video or args.eval_model is not None
+    if not evaluates and args.eval_episodes != Args.eval_episodes:
+        fail("--eval-episodes sets the evaluation that --save-model, --capture-video or --eval-model makes: give one of them")
     if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
         fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
     if args.hadamard and args.param_matched:
@@ -264,6 +267,8 @@ def check_args(args: Args):
     for name in ("gamma", "start_e", "end_e", "exploration_fraction", "eval_epsilon"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if not evaluates and args.eval_epsilon != Args.eval_epsilon:
+        fail("--eval-epsilon sets the evaluation that --save-model, --capture-video or --eval-model makes: give one of them")
     if args.start_e < args.end_e:  # linear_schedule would hold epsilon at --end-e from the first step
         fail(f"--start-e {args.start_e} is below --end-e {args.end_e}: epsilon decays from --start-e to --end-e")
     if args.buffer_size < args.batch_size:

@@ -241,6 +241,9 @@ def check_args(args: Args):
         fail("--eval-model needs --eval-episodes of at least 1")
     if args.capture_video and args.eval_episodes == 0:
         fail("--capture-video records the evaluation's games: it needs --eval-episodes of at least 1")
+    evaluates = args.save_model or args.capture_video or args.eval_model is not None
+    if not evaluates and args.eval_episodes != Args.eval_episodes:
+        fail("--eval-episodes sets the evaluation that --save-model, --capture-video or --eval-model makes: give one of them")
     if args.repeat_action_probability is not None and not 0.0 <= args.repeat_action_probability <= 1.0:
         fail(f"--repeat-action-probability must be in [0, 1], got {args.repeat_action_probability}")
     if args.hadamard and args.param_matched:

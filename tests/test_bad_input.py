@@ -142,6 +142,8 @@ CHECK_ARGS_CASES = [
     (SCRIPTS, {"wandb_entity": "me"}, "--wandb-project-name and --wandb-entity name the W&B run of --track"),
     (SCRIPTS, {"wandb_project_name": "x"}, "--wandb-project-name and --wandb-entity name the W&B run of --track"),
     ([DQN, PQN], {"exploration_fraction": 1.5}, "--exploration-fraction must be in [0, 1], got 1.5"),
+    (SCRIPTS, {"eval_episodes": 3}, "--eval-episodes sets the evaluation that --save-model, --capture-video or --eval-model"),
+    ([DQN, PQN], {"eval_epsilon": 0.0}, "--eval-epsilon sets the evaluation that --save-model, --capture-video or"),
 ]
 
 
