@@ -115,7 +115,7 @@ class Args:
 
     # Algorithm specific arguments
     total_timesteps: int = 10_000_000
-    """the training budget in env steps (of 4 frames) over all envs (rounded up to a multiple of num-envs)"""
+    """the training budget in env steps (of 4 frames) over all envs, in whole iterations (PPO, PQN: rounded down; DQN: up)"""
     learning_rate: float = 1e-4
     """the optimizer's learning rate"""
     num_envs: int = 1
