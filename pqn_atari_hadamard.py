@@ -944,6 +944,13 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
             f"{run_dir} holds a run with other settings: {', '.join(differ)}; resume it with its own flags or give "
             "another --run-name"
         )
+    moved = [  # a W&B run resumed elsewhere would hold only the steps from here on
+        f"--{key.replace('_', '-')} {saved[key]!r}"
+        for key in ("wandb_project_name", "wandb_entity")
+        if args.track and saved.get("wandb_id") and key in saved and saved[key] != getattr(args, key)
+    ]
+    if moved:
+        fail(f"{run_dir}'s W&B run is in {', '.join(moved)}: resume it with the same W&B names")
     return resume, saved
 
 
@@ -1072,6 +1079,8 @@ if __name__ == "__main__":
         cut_events(run_dir, {})
         print(f"{run_dir} holds no checkpoint: training it again from step 0")
     wandb_id = saved_config.get("wandb_id") or (os.urandom(4).hex() if args.track else None)  # a resumed run: its W&B run
+    if resume is not None and args.track and not saved_config.get("wandb_id"):
+        print(f"--track from step {resume['global_step']} on: a new W&B run (the run was not tracked before)")
     config = {
         **asdict(args),
         "algorithm": ALGORITHM,

@@ -9,7 +9,17 @@ import signal
 import pytest
 import torch
 
-from conftest import RESUMED, SMALL_ROLLOUT, Background, interrupt, interrupted_line, read_config, read_scalars, run_script
+from conftest import (
+    RESUMED,
+    SMALL_ROLLOUT,
+    Background,
+    interrupt,
+    interrupted_line,
+    read_config,
+    read_scalars,
+    run_fails_leaving,
+    run_script,
+)
 
 # runs long enough to be interrupted after their first iteration, the probe off
 ROLLOUT = [*SMALL_ROLLOUT, "--total-timesteps", "4096", "--metrics-interval", "0"]  # PPO and PQN
@@ -78,13 +88,16 @@ def test_a_signal_during_the_evaluation_resumes_at_the_evaluation(workdir):
 
 
 def test_wandb_resumes_the_same_run(workdir):
-    """--track (offline): the resumed run logs to the W&B run of the interrupted one, its id kept in config.json."""
+    """--track (offline): the resumed run logs to the W&B run of the interrupted one, its id kept in config.json; resumed
+    with other W&B names, it is one line (that run is in the first project)."""
     args = [*SMALL_ROLLOUT, "--total-timesteps", "512", "--metrics-interval", "0", "--track", "--run-name", RESUMED]
     script = "ppo_atari_hadamard.py"
     interrupted_line(interrupt(script, *args, cwd=workdir), signal.SIGTERM)
     run_dir = workdir / "runs" / RESUMED
     wandb_id = read_config(run_dir)["wandb_id"]
     assert re.fullmatch(r"[a-z0-9]{8}", wandb_id), wandb_id
+    moved = run_fails_leaving(script, *args, "--wandb-project-name", "other", cwd=workdir, run_dir=run_dir)
+    assert "W&B run is in --wandb-project-name 'hadamard-atari': resume it with the same W&B names" in moved, moved
     resumed = run_script(script, *args, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_config(run_dir)["wandb_id"] == wandb_id
