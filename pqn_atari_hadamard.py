@@ -1002,7 +1002,7 @@ if __name__ == "__main__":
             fail(f"--eval-model trains nothing: {flags} would do nothing; leave them out")
         for key in MODEL_FLAGS:
             saved, flag = model_file["args"][key], "--" + key.replace("_", "-")
-            if getattr(args, key) != saved and (flag[2:] in given or getattr(args, key) != getattr(Args, key)):
+            if flag[2:] in given and getattr(args, key) != saved:  # (a flag left out is at its default)
                 trained = f"on {saved}" if key == "env_id" else f"with {flag} {saved}"
                 fail(
                     f"model file {args.eval_model} was trained {trained}, not {getattr(args, key)}; leave {flag} out to "
