@@ -103,7 +103,7 @@ class Args:
     metrics_interval: int = 50_000
     """log the representation metrics (ranks, dead, dormant and saturated units) every this many env steps (0: never)"""
     metrics_batch_size: int = 1024
-    """the number of the replay buffer's most recent states the metrics are computed on"""
+    """the number of the replay buffer's most recent states the metrics are computed on (at most --buffer-size)"""
     redo_interval: int = 0
     """ReDo (Sokar et al. 2023): recycle the dormant units every this many env steps, on the metrics' states (0: never)"""
     redo_tau: float = 0.025
@@ -250,6 +250,8 @@ def check_args(args: Args):
         fail(f"--redo-tau must be in [0, 1], got {args.redo_tau}")
     if args.redo_interval == 0 and (args.redo_conv or args.redo_rule != Args.redo_rule or args.redo_tau != Args.redo_tau):
         fail("--redo-conv, --redo-rule and --redo-tau set ReDo, which --redo-interval turns on (0: off)")
+    if args.metrics_interval == 0 and args.redo_interval == 0 and args.metrics_batch_size != Args.metrics_batch_size:
+        fail("--metrics-batch-size sets the states of the metrics and ReDo: turn one on (--metrics-interval, --redo-interval)")
     if args.redo_rule == "dead" and args.redo_tau != Args.redo_tau:
         fail("--redo-tau is the dormant rule's threshold: --redo-rule dead takes none")
     if not args.track and (args.wandb_project_name, args.wandb_entity) != (Args.wandb_project_name, Args.wandb_entity):
@@ -271,6 +273,8 @@ def check_args(args: Args):
         fail("--eval-epsilon sets the evaluation that --save-model, --capture-video or --eval-model makes: give one of them")
     if args.start_e < args.end_e:  # linear_schedule would hold epsilon at --end-e from the first step
         fail(f"--start-e {args.start_e} is below --end-e {args.end_e}: epsilon decays from --start-e to --end-e")
+    if args.exploration_fraction == 0 and args.start_e != Args.start_e:  # linear_schedule returns --end-e throughout
+        fail("--start-e starts the decay that --exploration-fraction 0 leaves out (epsilon is --end-e from the first step)")
     if args.buffer_size < args.batch_size:
         fail(f"--buffer-size {args.buffer_size} is less than one --batch-size of {args.batch_size}")
     if args.learning_starts >= args.total_timesteps and args.eval_model is None:

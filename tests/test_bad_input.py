@@ -144,6 +144,8 @@ CHECK_ARGS_CASES = [
     ([DQN, PQN], {"exploration_fraction": 1.5}, "--exploration-fraction must be in [0, 1], got 1.5"),
     (SCRIPTS, {"eval_episodes": 3}, "--eval-episodes sets the evaluation that --save-model, --capture-video or --eval-model"),
     ([DQN, PQN], {"eval_epsilon": 0.0}, "--eval-epsilon sets the evaluation that --save-model, --capture-video or"),
+    (SCRIPTS, {"metrics_interval": 0, "metrics_batch_size": 32}, "--metrics-batch-size sets the states of the metrics"),
+    ([DQN, PQN], {"exploration_fraction": 0.0, "start_e": 0.5}, "--start-e starts the decay that --exploration-fraction 0"),
 ]
 
 
@@ -158,12 +160,13 @@ def test_check_args_rejects(script, fields, message):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_check_args_accepts_the_edges(script):
-    """The largest seed, a run name of 255 bytes, ReDo's tau of 0 and 1, and DQN's learning start one step before the end
-    are valid."""
+    """The largest seed, a run name of 255 bytes, ReDo's tau of 0 and 1 (its states of --metrics-batch-size with the metrics
+    off), and DQN's learning start one step before the end are valid."""
     module = MODULES[script]
     module.check_args(module.Args(seed=2**31 - 1, run_name="x" * 255, exp_name="my.exp"))
     for tau in (0.0, 1.0):  # ReDo's threshold at both ends of [0, 1]
-        module.check_args(module.Args(redo_interval=1, redo_tau=tau, redo_conv=True))
+        redo = dict(redo_interval=1, redo_tau=tau, redo_conv=True)
+        module.check_args(module.Args(**redo, metrics_interval=0, metrics_batch_size=32))
     if script == DQN:
         module.check_args(module.Args(total_timesteps=1000, learning_starts=999, buffer_size=32, start_e=0.5, end_e=0.5))
 
