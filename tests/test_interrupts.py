@@ -88,11 +88,16 @@ def test_a_signal_during_the_evaluation_resumes_at_the_evaluation(workdir):
 
 
 def test_wandb_resumes_the_same_run(workdir):
-    """--track (offline): the resumed run logs to the W&B run of the interrupted one, its id kept in config.json; resumed
-    with other W&B names, it is one line (that run is in the first project)."""
-    args = [*SMALL_ROLLOUT, "--total-timesteps", "512", "--metrics-interval", "0", "--track", "--run-name", RESUMED]
+    """--track (offline) first given on resume starts a W&B run from the checkpoint's step, and says so; the run resumed
+    again logs to that W&B run, its id kept in config.json; resumed with other W&B names, it is one line (that run is in
+    the first project)."""
+    untracked = [*SMALL_ROLLOUT, "--total-timesteps", "512", "--metrics-interval", "0", "--run-name", RESUMED]
+    args = [*untracked, "--track"]
     script = "ppo_atari_hadamard.py"
-    interrupted_line(interrupt(script, *args, cwd=workdir), signal.SIGTERM)
+    step = interrupted_line(interrupt(script, *untracked, cwd=workdir), signal.SIGTERM)
+    tracked = interrupt(script, *args, cwd=workdir)
+    assert f"--track from step {step} on: a new W&B run (the run was not tracked before)" in tracked.stdout, tracked.stdout
+    interrupted_line(tracked, signal.SIGTERM)
     run_dir = workdir / "runs" / RESUMED
     wandb_id = read_config(run_dir)["wandb_id"]
     assert re.fullmatch(r"[a-z0-9]{8}", wandb_id), wandb_id
