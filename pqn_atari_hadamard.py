@@ -18,6 +18,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -176,6 +177,15 @@ def duration(seconds: float) -> str:
 def fail(message: str):
     """Bad input: one clear line on stderr and a non-zero exit, before any output is written."""
     sys.exit(f"error: {message}")
+
+
+def as_flag(name: str, value) -> str:
+    """A setting as the command line gives it (`--learning-rate 0.001`; a bool: `--hadamard` or `--no-hadamard`), for the
+    hints that tell which flags to give."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {shlex.quote(str(value))}"
 
 
 def parse_args() -> Args:
@@ -939,17 +949,19 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
     if missing:
         fail(f"{path} is not a checkpoint of {SCRIPT} (it lacks {', '.join(missing)}); the run is left as it is")
     differ = [
-        f"--{key.replace('_', '-')} {saved[key]!r} (this command: {value!r})"
+        key
         for key, value in asdict(args).items()
         if key in saved and key not in RESUME_MAY_CHANGE | COMPUTED and saved[key] != value
     ]
     if differ:
+        found = ", ".join(f"{as_flag(key, saved[key])} (this command: {as_flag(key, getattr(args, key))})" for key in differ)
+        own = " ".join(as_flag(key, saved[key]) for key in differ)
         fail(
-            f"{run_dir} holds a run with other settings: {', '.join(differ)}; resume it with its own flags or give "
-            "another --run-name"
+            f"{run_dir} holds a run with other settings: {found}; resume it with its own (the same command with {own} "
+            "added) or give another --run-name"
         )
     moved = [  # a W&B run resumed elsewhere would hold only the steps from here on
-        f"--{key.replace('_', '-')} {saved[key]!r}"
+        as_flag(key, saved[key])
         for key in ("wandb_project_name", "wandb_entity")
         if args.track and saved.get("wandb_id") and key in saved and saved[key] != getattr(args, key)
     ]
@@ -1007,10 +1019,10 @@ if __name__ == "__main__":
         for key in MODEL_FLAGS:
             saved, flag = model_file["args"][key], "--" + key.replace("_", "-")
             if flag[2:] in given and getattr(args, key) != saved:  # (a flag left out is at its default)
-                trained = f"on {saved}" if key == "env_id" else f"with {flag} {saved}"
+                was, now = (saved, args.env_id) if key == "env_id" else (as_flag(key, saved), as_flag(key, getattr(args, key)))
                 fail(
-                    f"model file {args.eval_model} was trained {trained}, not {getattr(args, key)}; leave {flag} out to "
-                    "evaluate it as it was trained"
+                    f"model file {args.eval_model} was trained {'on' if key == 'env_id' else 'with'} {was}, not {now}; leave "
+                    f"{flag} out to evaluate it as it was trained"
                 )
             setattr(args, key, saved)
         for key in MODEL_ENV_FLAGS:  # (a file written before the flag existed was trained at the flag's default)

@@ -9,6 +9,7 @@ import random
 import re
 import resource
 import runpy
+import shlex
 import shutil
 import signal
 import subprocess
@@ -178,8 +179,8 @@ def assert_bad_model_files_rejected(script: str, algorithm: str, small_network: 
     )
     for flags, message in (
         (["--env-id", "BreakoutNoFrameskip-v4"], "trained on PongNoFrameskip-v4, not BreakoutNoFrameskip-v4"),
-        (["--activation=tanh"], "trained with --activation relu, not tanh"),
-        (["--no-hadamard"], "trained with --hadamard True, not False"),
+        (["--activation=tanh"], "trained with --activation relu, not --activation tanh"),
+        (["--no-hadamard"], "trained with --hadamard, not --no-hadamard"),
     ):
         assert message in run_fails(script, "--eval-model", "pong.pt", *flags, cwd=workdir), flags
 
@@ -385,11 +386,12 @@ def assert_interrupted_run_resumes(script: str, args: list, workdir: Path, ready
     assert f"holds a {checkpoint['algorithm']} run" in run_fails_leaving(
         other, "--run-name", RESUMED, cwd=workdir, run_dir=run_dir
     )
-    assert "--hadamard False (this command: True)" in run_fails_leaving(
-        script, *args, "--hadamard", cwd=workdir, run_dir=run_dir
-    )
+    line = run_fails_leaving(script, *args, "--hadamard", cwd=workdir, run_dir=run_dir)
+    assert "other settings: --no-hadamard (this command: --hadamard);" in line, line
+    own = re.search(r"resume it with its own \(the same command with (.+) added\)", line).group(1)
 
-    result = run_script(script, *args, "--keep-checkpoint", cwd=workdir)  # (a finished run's checkpoint goes by default)
+    # as the line says (--keep-checkpoint: a finished run's checkpoint goes by default)
+    result = run_script(script, *args, "--hadamard", *shlex.split(own), "--keep-checkpoint", cwd=workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming from step {step} (runs/{RESUMED}/checkpoint.pt)" in result.stdout
     done = json.loads((run_dir / "done.json").read_text())

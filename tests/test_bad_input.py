@@ -108,14 +108,14 @@ def test_eval_model_with_network_flags_other_than_the_models(workdir, script):
     network = (module.Agent if script == PPO else module.QNetwork)(4, "relu", True)
     torch.save(module.model_state(saved, network, 4), workdir / "model.pt")
     cases = [
-        (["--activation", "gelu"], "trained with --activation relu, not gelu; leave --activation out"),
-        (["--activation", "relu", "--param-matched"], "trained with --param-matched False, not True"),
+        (["--activation", "gelu"], "trained with --activation relu, not --activation gelu; leave --activation out"),
+        (["--activation", "relu", "--param-matched"], "trained with --no-param-matched, not --param-matched"),
     ]
     if script == PQN:
-        cases.append((["--hadamard-scope", "all"], "trained with --hadamard-scope representation, not all"))
-        cases.append((["--no-layer-norm"], "trained with --layer-norm True, not False"))
+        cases.append((["--hadamard-scope", "all"], "trained with --hadamard-scope representation, not --hadamard-scope all"))
+        cases.append((["--no-layer-norm"], "trained with --layer-norm, not --no-layer-norm"))
     else:
-        cases.append((["--layer-norm"], "trained with --layer-norm False, not True"))
+        cases.append((["--layer-norm"], "trained with --no-layer-norm, not --layer-norm"))
     for flags, message in cases:
         line = run_fails(script, "--eval-model", "model.pt", *flags, cwd=workdir)
         assert line.startswith("error: model file model.pt was trained") and message in line, line

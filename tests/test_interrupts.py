@@ -102,7 +102,7 @@ def test_wandb_resumes_the_same_run(workdir):
     wandb_id = read_config(run_dir)["wandb_id"]
     assert re.fullmatch(r"[a-z0-9]{8}", wandb_id), wandb_id
     moved = run_fails_leaving(script, *args, "--wandb-project-name", "other", cwd=workdir, run_dir=run_dir)
-    assert "W&B run is in --wandb-project-name 'hadamard-atari': resume it with the same W&B names" in moved, moved
+    assert "W&B run is in --wandb-project-name hadamard-atari: resume it with the same W&B names" in moved, moved
     resumed = run_script(script, *args, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_config(run_dir)["wandb_id"] == wandb_id
