@@ -131,6 +131,12 @@ def assert_progress_and_outputs(stdout: str, run_dir: Path, videos: bool):
     assert (f"videos in videos/{run_dir.name}/" in last) == videos, last
 
 
+def help_example(help_text: str, script: str) -> list[str]:
+    """The flags of the example run that `script --help` prints (its one line `python <script> ...`)."""
+    (line,) = [line.strip() for line in help_text.splitlines() if line.strip().startswith(f"python {script} ")]
+    return shlex.split(line)[2:]
+
+
 def one_line_failure(result: subprocess.CompletedProcess) -> str:
     """A run that stopped with one clear line on stderr and a non-zero exit; returns that line."""
     assert result.returncode != 0, result.stdout

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import tyro
 
 import dqn_atari_hadamard as dqn
 import ppo_atari_hadamard as ppo
 import pqn_atari_hadamard as pqn
-from conftest import one_line_failure, read_config, run_fails, run_here, run_ok, run_script
+from conftest import help_example, one_line_failure, read_config, run_fails, run_here, run_ok, run_script
 
 PPO, DQN, PQN = "ppo_atari_hadamard.py", "dqn_atari_hadamard.py", "pqn_atari_hadamard.py"
 SCRIPTS = [PPO, DQN, PQN]
@@ -81,8 +82,11 @@ def test_a_flag_tyro_rejects_is_one_line_with_exit_2(workdir, script):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_lists_the_flags_but_not_the_computed_fields(workdir, script):
+    """--help lists every flag but the computed fields, and its example run is valid (test_ppo.py runs PPO's as printed)."""
     result = run_here(script, "--help", cwd=workdir)
     assert result.returncode == 0 and result.stderr == "" and result.stdout.startswith("usage:"), result.stderr
+    module = MODULES[script]
+    module.check_args(tyro.cli(module.Args, args=help_example(result.stdout, script)))
     flags = {word.rstrip(",") for word in result.stdout.split() if word.startswith("--")}
     computed = MODULES[script].COMPUTED
     assert computed == ({"batch_size", "minibatch_size", "num_iterations"} if script in ROLLOUT else set())

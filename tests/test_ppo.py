@@ -2,6 +2,7 @@
 
 import json
 import math
+import shlex
 import subprocess
 import sys
 
@@ -22,12 +23,13 @@ from conftest import (
     assert_progress_and_outputs,
     assert_restores,
     assert_rollout_run_resumed_as_one,
+    help_example,
     read_config,
     read_scalars,
     run_fails,
     run_ok,
+    run_here,
     run_ok_output,
-    run_script,
 )
 
 SCRIPT = "ppo_atari_hadamard.py"
@@ -298,11 +300,17 @@ def test_metrics_do_not_change_the_run(workdir):
     assert (workdir / "parity" / "parity_return.png").stat().st_size > 0
 
 
-def test_tracking_writes_an_offline_wandb_run(workdir):
-    result = run_script(SCRIPT, *TINY, "--track", cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = next((workdir / "runs").iterdir())
-    assert list(run_dir.glob("wandb/offline-run-*")), "no offline W&B run written"
+def test_the_example_that_help_and_the_readme_give_runs_as_printed(workdir):
+    """--help's example run, as printed (the README's one-minute check is the same command with its --env-id), trains to
+    its end and says where its outputs are. (--track: tests/test_interrupts.py.)"""
+    example = help_example(run_here(SCRIPT, "--help", cwd=workdir).stdout, SCRIPT)
+    readme = (ROOT / "README.md").read_text()
+    assert f"python {SCRIPT} --env-id BreakoutNoFrameskip-v4 {shlex.join(example)}\n" in readme
+    run_dir, stdout = run_ok_output(SCRIPT, *example, cwd=workdir)
+    assert_progress_and_outputs(stdout, run_dir, videos=False)
+    assert run_dir.name == "smoke" and stdout.strip().splitlines()[-1].startswith("done: outputs in runs/smoke/")
+    done = json.loads((run_dir / "done.json").read_text())
+    assert done["global_step"] == int(example[example.index("--total-timesteps") + 1]), done
 
 
 def test_compiled_update_runs_and_logs_losses(workdir):
