@@ -250,8 +250,11 @@ done
     die "--report-only reports the runs in --runs-dir and runs nothing: ${sweep_opts[*]} would do nothing"
 check_python
 run_report() {
-    echo "report: $PYTHON $HERE/sweep/plot_results.py --runs-dir $RUNS_DIR --out $report_dir"
-    "$PYTHON" "$HERE/sweep/plot_results.py" --runs-dir "$RUNS_DIR" --out "$report_dir"
+    local command=("$PYTHON" "$HERE/sweep/plot_results.py" --runs-dir "$RUNS_DIR" --out "$report_dir")
+    local line
+    printf -v line '%q ' "${command[@]}"
+    echo "report: ${line% }"
+    "${command[@]}"
 }
 if [[ $report_only -eq 1 ]]; then
     run_report
@@ -537,7 +540,7 @@ if [[ $slurm -eq 1 ]]; then
     echo "wrote $sweep_dir/job.sbatch: an array of ${#todo[@]} runs (task list $sweep_dir/tasks.tsv)"
     if [[ $dry_run -eq 1 ]]; then
         cut -f2- "$sweep_dir/tasks.tsv"
-        echo "dry run: not submitted; submit with: sbatch $sweep_dir/job.sbatch"
+        echo "dry run: not submitted; submit with: sbatch $(printf '%q' "$sweep_dir/job.sbatch")"
     elif command -v sbatch >/dev/null 2>&1; then
         sbatch "$sweep_dir/job.sbatch"
         # the command as it is to be typed, from any folder: this sweep's python, runs and report folder
@@ -546,7 +549,7 @@ if [[ $slurm -eq 1 ]]; then
         [[ "$PYTHON" == python ]] || report_command="PYTHON=$(printf '%q' "$PYTHON") $report_command"
         echo "submitted; when it has finished, write the report with: $report_command"
     else
-        echo "sbatch not found (not a Slurm machine): submit the job script there with: sbatch $sweep_dir/job.sbatch"
+        echo "sbatch not found (not a Slurm machine): submit the job script there with: sbatch $(printf '%q' "$sweep_dir/job.sbatch")"
     fi
     exit 0
 fi

@@ -542,9 +542,10 @@ def slurm_job(stdout: str) -> Path:
     return Path(next(word.rstrip(":") for word in stdout.split() if word.rstrip(":").endswith("job.sbatch")))
 
 
-def test_slurm_writes_an_array_job_from_the_template(workdir, fake_python):
-    """The job script from the template (written, not submitted: where sbatch is absent, or with --dry-run), and an array
-    task run from it as Slurm starts one. tests/test_slurm.py submits to a real Slurm."""
+def test_slurm_writes_an_array_job_from_the_template(workdir, fake_python, fake_sbatch):
+    """The job script from the template (written, not submitted: where sbatch is absent, or with --dry-run), its printed
+    sbatch command as typed (from another folder, a fake sbatch), and an array task run from it as Slurm starts one.
+    tests/test_slurm.py submits to a real Slurm."""
     sweep = "--slurm --scripts ppo --games Breakout --variants tanh,tanh_hr --seeds 1,2 --slurm-time 2:00:00 --slurm-cpus 3"
     sweep = [*sweep.split(), "--slurm-grace", "120", "--sbatch-args", "--partition=gpu --gres=gpu:1"]
     sweep += [*(["--dry-run"] if shutil.which("sbatch") else []), "--", "--num-envs", "4"]
@@ -553,6 +554,9 @@ def test_slurm_writes_an_array_job_from_the_template(workdir, fake_python):
     assert ("dry run: not submitted" if shutil.which("sbatch") else "sbatch not found") in result.stdout
     job = slurm_job(result.stdout)
     assert job.is_file() and job.parent.parent == workdir / "runs" / "_slurm"
+    submit = re.search(r"submit (?:the job script there )?with: (.+)$", result.stdout, re.M).group(1)
+    assert subprocess.run(["bash", "-c", submit], cwd="/", env=dict(SCRIPT_ENV, PATH=fake_sbatch)).returncode == 0
+    assert (workdir / "bin" / "submitted").read_text().strip() == str(job)
     text = job.read_text()
     assert not re.search(r"\{\{[A-Z_]+\}\}", text) and text.startswith("#!/bin/bash")
     for line in [
