@@ -4,6 +4,7 @@ disk), starts and wall time counted in done.json, and the checks a checkpoint pa
 
 import importlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -83,7 +84,8 @@ def test_a_kept_checkpoint_is_the_finished_trainings(workdir):
 
 def test_starts_that_ended_before_a_checkpoint_count_and_wall_time_counts_start_up(workdir):
     """A run killed (SIGKILL) before its first checkpoint starts again from step 0: done.json counts that start in its
-    resumes (from starts.log), and its wall time is that of the whole last process, Python's start-up included."""
+    resumes (from starts.log), and its wall time is that of the whole last process, Python's start-up included. A
+    checkpoint that cannot be read is one line, and removing the file as it says starts the run again."""
     args = [*SHORT[PQN], "--run-name", "killed"]
     run = Background(PQN, *args, cwd=workdir)
     run.wait_for(lambda: any(line.startswith("step ") for line in run.out))
@@ -91,6 +93,11 @@ def test_starts_that_ended_before_a_checkpoint_count_and_wall_time_counts_start_
     run.finish()
     run_dir = workdir / "runs" / "killed"
     assert not (run_dir / "checkpoint.pt").exists()
+    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    line = one_line_failure(run_here(PQN, *args, cwd=workdir))
+    match = re.fullmatch(r"error: cannot read checkpoint (\S+) .*: remove the file to train the run again from step 0", line)
+    assert match, line
+    os.remove(workdir / match.group(1))
 
     run = Background(PQN, *args, cwd=workdir)
     run.wait_for(lambda: run.out)  # its first line comes after the imports, the envs and the network are made
