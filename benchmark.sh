@@ -177,11 +177,11 @@ OPTIONS=(--help --scripts --variants --games --seeds --num-seeds --total-timeste
          --dry-run --slurm --slurm-time --slurm-cpus --slurm-mem --slurm-parallel --slurm-grace --sbatch-args --report
          --report-only --out --runs-dir)
 USE_VENV="activate the project's virtual environment or set PYTHON"
-close_match() {  # "; did you mean --seeds?" for --seed, or nothing
+close_match() {  # "; did you mean --seeds?" for --seed, or nothing (names compared without their "--": --bogus is no --out)
     local match
     match="$("$PYTHON" -c 'import difflib, sys; print(*difflib.get_close_matches(sys.argv[1], sys.argv[2:], 1, 0.6))' \
-             "$1" "${OPTIONS[@]}")" || die "python '$PYTHON' failed to run (looking for an option close to $1): $USE_VENV"
-    [[ -z "$match" ]] || echo "; did you mean $match?"
+             "${1#--}" "${OPTIONS[@]#--}")" || die "python '$PYTHON' failed to run (looking for an option close to $1): $USE_VENV"
+    [[ -z "$match" ]] || echo "; did you mean --$match?"
 }
 check_python() {  # the sweep's python exists and runs, in every mode (a bad one would pass a dry run, then fail every run)
     command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found: $USE_VENV"

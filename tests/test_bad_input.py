@@ -1,6 +1,8 @@
 """Bad input to the three training scripts: each is one line on stderr and a non-zero exit before anything is written."""
 
 import dataclasses
+import difflib
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,11 @@ BAD_FLAGS = [
 def test_bad_flags_are_one_line_errors(workdir, script, flags, message):
     line = run_fails(script, *flags, cwd=workdir)
     assert line.startswith("error: ") and message in line, line
+    meant = re.search(r"did you mean ([^,? ]+)", line)
+    if meant:  # given instead of the typo, as the line says, the close match is a valid command
+        typo = difflib.get_close_matches(meant.group(1), flags, n=1)[0]
+        module = MODULES[script]
+        module.check_args(tyro.cli(module.Args, args=[meant.group(1) if flag == typo else flag for flag in flags]))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -193,6 +200,8 @@ def test_env_ids(script):
         parse_env_id("Breakot-v4", None)
     assert "unknown Atari game in env id 'Breakot-v4'" in exc.value.code, exc.value.code
     assert "did you mean BreakoutNoFrameskip-v4" in exc.value.code, exc.value.code
+    meant = re.search(r"did you mean ([^,? ]+)", exc.value.code).group(1)  # the first close match, given as the line says
+    assert parse_env_id(meant, None) == ("breakout", 0.0)
 
 
 TINY = {
