@@ -197,11 +197,14 @@ def test_bad_options_stop_before_anything_runs(workdir, fake_python, args, env, 
 
 def test_dry_run_estimates_the_duration_from_finished_runs(workdir):
     """At the speed of the finished runs of the same script here (done.json: steps and wall time), for the steps each run
-    has left, or says it cannot."""
+    has left, or says it cannot (and what makes it can)."""
     done = workdir / "runs" / "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__9"
     done.mkdir(parents=True)
     (done / "done.json").write_text(json.dumps({"global_step": 1000, "wall_time_s": 10.0}))  # 100 steps per second
-    sweep = "--dry-run --games Breakout --variants tanh --seeds 1,2 --total-timesteps 36000 --jobs 2".split()
+    sweep = "--dry-run --games Breakout --variants tanh --seeds 1,2 --jobs 2".split()
+    header = bench("--scripts", "ppo", *sweep, cwd=workdir).stdout.splitlines()[0]
+    assert header.endswith("duration unknown: give --total-timesteps to estimate it"), header
+    sweep += ["--total-timesteps", "36000"]  # as the line says
     header = bench("--scripts", "ppo", *sweep, cwd=workdir).stdout.splitlines()[0]
     assert header.endswith(
         "2 to run (0 of them interrupted: they resume from their checkpoints), 0 running in another sweep (left alone), "
