@@ -136,6 +136,19 @@ def test_dry_run_maps_the_gates_and_the_layer_norm_switch_to_flags(workdir):
     assert list(workdir.iterdir()) == []
 
 
+def test_help_lists_every_option_the_sweep_takes(workdir):
+    """`bash benchmark.sh --help` (what its unknown-option line points to) names every option its parser takes, and the
+    close-match list is the parser's options."""
+    result = bench("--help", cwd=workdir)
+    assert result.returncode == 0 and result.stderr == "" and result.stdout.startswith("Usage: bash benchmark.sh")
+    text = BENCHMARK.read_text()
+    parsed = set(re.findall(r"^ {8}(?:-h\|)?(--[a-z-]+)\)", text, re.M))
+    listed = set(re.search(r"^OPTIONS=\(([^)]*)\)", text, re.M).group(1).split())
+    assert len(parsed) > 20 and parsed == listed, parsed ^ listed
+    assert all(re.search(rf"^ +{option}\b", result.stdout, re.M) for option in parsed - {"--help"}), result.stdout
+    assert list(workdir.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "args, env, message",
     [
