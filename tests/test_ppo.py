@@ -27,6 +27,7 @@ from conftest import (
     read_config,
     read_scalars,
     run_fails,
+    run_fails_leaving,
     run_ok,
     run_here,
     run_ok_output,
@@ -241,7 +242,10 @@ def test_save_load_evaluate_round_trip(workdir):
     eval_dir.mkdir()
     message = run_fails(SCRIPT, "--eval-model", str(model), "--env-id", "PongNoFrameskip-v4", cwd=eval_dir)
     assert "trained on BreakoutNoFrameskip-v4, not PongNoFrameskip-v4" in message
-    evaluated = run_ok(SCRIPT, "--eval-model", str(model), "--eval-episodes", "1", cwd=eval_dir)
+    message = run_fails_leaving(SCRIPT, "--eval-model", str(model), "--run-name", run_dir.name, cwd=workdir, run_dir=run_dir)
+    assert message.endswith(f"runs/{run_dir.name} holds another run: give the evaluation another --run-name"), message
+    evaluated = run_ok(SCRIPT, "--eval-model", str(model), "--eval-episodes", "1", "--run-name", "evaluation", cwd=eval_dir)
+    assert evaluated.name == "evaluation"
     assert json.loads((evaluated / "done.json").read_text())["eval_returns"] == trained
     assert read_scalars(evaluated)["eval/episodic_return"][0][1] == trained[0]
 
