@@ -143,7 +143,8 @@ def test_report_without_finished_games_still_plots(workdir, capsys):
 
 
 def test_report_counts_finished_training_runs_only(workdir, capsys):
-    """Evaluation-only runs are never seeds, unfinished runs are listed apart, two runs of one seed are an error."""
+    """Evaluation-only runs are never seeds, unfinished runs are listed apart, two runs of one seed are an error (one moved
+    out as it says, the report is made)."""
     runs = workdir / "runs"
     make_run(runs, "ppo", "tanh", "BreakoutNoFrameskip-v4", 1, [4.0])
     make_run(runs, "ppo", "tanh", "BreakoutNoFrameskip-v4", 2, [100.0], done=False)
@@ -166,6 +167,9 @@ def test_report_counts_finished_training_runs_only(workdir, capsys):
         "BreakoutNoFrameskip-v4__ppo__tanh__1 and" in result.stderr
         and f"{twin.name} are both ppo tanh on Breakout with seed 1" in result.stderr
     )
+    assert "move one out of" in result.stderr
+    twin.rename(workdir / twin.name)  # out of runs/, as the line says: the report counts the seed once
+    assert row(report(runs, workdir / "out", capsys)[0], "Breakout", "tanh")[2:5] == ["1", "1,000", "4.0"]
 
 
 def test_eval_only_runs_are_marked_in_config(workdir):
