@@ -47,8 +47,7 @@ def expected_representation_tags(config: dict) -> set[str]:
 @pytest.mark.parametrize(
     "flags, variant",
     [
-        ([], "tanh"),
-        (["--hadamard"], "tanh_hr"),
+        ([], "tanh"),  # tanh + HR: the --help example's run below
         (["--activation", "relu"], "relu"),
         (["--param-matched"], "tanh_pm"),
         (["--layer-norm", "--hadamard", "--gate", "glu"], "glu_ln"),
@@ -56,6 +55,13 @@ def expected_representation_tags(config: dict) -> set[str]:
 )
 def test_tiny_run_logs_every_metric(workdir, flags, variant):
     run_dir = run_ok(SCRIPT, *TINY, *flags, cwd=workdir)
+    scalars = assert_logs_every_metric(run_dir, variant)
+    # metrics every 64 steps of a 128-step run: at steps 64 and 128
+    assert [step for step, _ in scalars["representation/srank"]] == [64, 128]
+
+
+def assert_logs_every_metric(run_dir, variant: str) -> dict:
+    """The finished run of `variant` logged every representation metric of its network and the losses, all finite."""
     scalars = read_scalars(run_dir)
     config = read_config(run_dir)
     assert config["variant"] == variant and config["algorithm"] == "ppo"
@@ -68,9 +74,8 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
     for tag in representation_tags | logged:
         assert tag in scalars, f"{tag} not logged"
         assert all(math.isfinite(value) for _, value in scalars[tag]), tag
-    # metrics every 64 steps of a 128-step run: at steps 64 and 128
-    assert [step for step, _ in scalars["representation/srank"]] == [64, 128]
     assert scalars["charts/SPS"][-1][1] > 0
+    return scalars
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
@@ -306,7 +311,7 @@ def test_metrics_do_not_change_the_run(workdir):
 
 def test_the_example_that_help_and_the_readme_give_runs_as_printed(workdir):
     """--help's example run, as printed (the README's one-minute check is the same command with its --env-id), trains to
-    its end and says where its outputs are. (--track: tests/test_interrupts.py.)"""
+    its end, logs every metric of tanh + HR and says where its outputs are. (--track: tests/test_interrupts.py.)"""
     example = help_example(run_here(SCRIPT, "--help", cwd=workdir).stdout, SCRIPT)
     readme = (ROOT / "README.md").read_text()
     assert f"python {SCRIPT} --env-id BreakoutNoFrameskip-v4 {shlex.join(example)}\n" in readme
@@ -315,6 +320,8 @@ def test_the_example_that_help_and_the_readme_give_runs_as_printed(workdir):
     assert run_dir.name == "smoke" and stdout.strip().splitlines()[-1].startswith("done: outputs in runs/smoke/")
     done = json.loads((run_dir / "done.json").read_text())
     assert done["global_step"] == int(example[example.index("--total-timesteps") + 1]), done
+    scalars = assert_logs_every_metric(run_dir, "tanh_hr")  # probed once, at its first iteration
+    assert [step for step, _ in scalars["representation/srank"]] == [1024]
 
 
 def test_compiled_update_runs_and_logs_losses(workdir):
