@@ -185,7 +185,8 @@ def as_flag(name: str, value) -> str:
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):
         return flag if value else f"--no-{flag[2:]}"
-    return f"{flag} {shlex.quote(str(value))}"
+    text = str(value)  # (a value with a leading '-' goes after '=': `--exp-name -x` would read -x as a flag)
+    return f"{flag}={shlex.quote(text)}" if text.startswith("-") else f"{flag} {shlex.quote(text)}"
 
 
 def parse_args() -> Args:
@@ -995,10 +996,12 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
     missing = sorted(RESUME_KEYS - resume.keys()) if resume is not None else []
     if missing:
         fail(f"{path} is not a checkpoint of {SCRIPT} (it lacks {', '.join(missing)}); the run is left as it is")
+    # a setting that does nothing in this command (given, it is refused there) is not compared: a run saved with it resumes
+    inert = {"metrics_batch_size"} if args.metrics_interval == args.redo_interval == 0 else set()
     differ = [
         key
         for key, value in asdict(args).items()
-        if key in saved and key not in RESUME_MAY_CHANGE | COMPUTED and saved[key] != value
+        if key in saved and key not in RESUME_MAY_CHANGE | COMPUTED | inert and saved[key] != value
     ]
     if differ:
         found = ", ".join(f"{as_flag(key, saved[key])} (this command: {as_flag(key, getattr(args, key))})" for key in differ)

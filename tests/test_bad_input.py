@@ -2,7 +2,9 @@
 
 import dataclasses
 import difflib
+import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -180,6 +182,41 @@ def test_check_args_accepts_the_edges(script):
         module.check_args(module.Args(**redo, metrics_interval=0, metrics_batch_size=32))
     if script == DQN:
         module.check_args(module.Args(total_timesteps=1000, learning_starts=999, buffer_size=32, start_e=0.5, end_e=0.5))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_flags_a_hint_names_read_back_as_the_settings(script):
+    """as_flag, which the hints use to name settings, gives every field as a command line reads it back: bools as --x or
+    --no-x, None, small floats, a name with a space or a leading '-'."""
+    module = MODULES[script]
+    assert module.as_flag("exp_name", "-x") == "--exp-name=-x" and module.as_flag("hadamard", False) == "--no-hadamard"
+    for name in ("-x", "-odd name"):
+        settings = module.Args(exp_name=name, hadamard=True, learning_rate=2.5e-5, wandb_entity="me", track=True)
+        fields = {key: value for key, value in dataclasses.asdict(settings).items() if key not in module.COMPUTED}
+        line = " ".join(module.as_flag(key, value) for key, value in fields.items())
+        assert "--no-save-model" in line and "--eval-model None" in line and "--learning-rate 2.5e-05" in line, line
+        parsed = dataclasses.asdict(tyro.cli(module.Args, args=shlex.split(line)))
+        assert {key: parsed[key] for key in fields} == fields
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_run_saved_with_a_setting_that_does_nothing_resumes(tmp_path, script):
+    """A setting refused where it does nothing (--metrics-batch-size with the metrics and ReDo off; --start-e with
+    --exploration-fraction 0) is not compared on resume: a run saved with it (before the refusal) resumes without it.
+    Any other setting is still compared."""
+    module = MODULES[script]
+    inert = {"metrics_interval": 0, "metrics_batch_size": 32}
+    if script != PPO:
+        inert |= {"exploration_fraction": 0.0, "start_e": 0.5}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = {**dataclasses.asdict(module.Args(**inert)), "algorithm": module.ALGORITHM}
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    command = {key: value for key, value in inert.items() if key not in ("metrics_batch_size", "start_e")}
+    assert module.check_resume(str(run_dir), module.Args(**command)) == (None, saved)
+    with pytest.raises(SystemExit) as exc:
+        module.check_resume(str(run_dir), module.Args(**command, learning_rate=0.5))
+    assert "(this command: --learning-rate 0.5); resume it with its own" in str(exc.value.code), exc.value.code
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
