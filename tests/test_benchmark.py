@@ -152,7 +152,7 @@ def test_help_lists_every_option_the_sweep_takes(workdir):
 @pytest.mark.parametrize(
     "args, env, message",
     [
-        (["--bogus"], {}, "unknown option --bogus"),
+        (["--bogus"], {}, "unknown option --bogus (flags for the training scripts go after --)"),  # no close match
         (["--seed", "7"], {}, "unknown option --seed; did you mean --seeds?"),
         (["--game", "Pong"], {}, "did you mean --games?"),
         (["Pong"], {}, "unexpected argument 'Pong'"),
