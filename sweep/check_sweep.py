@@ -143,6 +143,18 @@ def show(value) -> str:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def value_of(field: str, value) -> str:
+    """A value as the message shows it: a bool as the scripts' command line gives it, `--layer-norm` or `--no-layer-norm`."""
+    if isinstance(value, bool):
+        return flag(field) if value else f"--no-{field.replace('_', '-')}"
+    return show(value)
+
+
+def setting(field: str, value) -> str:
+    """`--num-envs 16`, `--no-layer-norm`: a setting as the scripts' command line gives it."""
+    return value_of(field, value) if isinstance(value, bool) else f"{flag(field)} {show(value)}"
+
+
 def differences(module, args, run_dir: str) -> list:
     """How the run in `run_dir` (its config.json) differs from `args`: what it learns, not where or how it runs."""
     try:
@@ -162,9 +174,10 @@ def differences(module, args, run_dir: str) -> list:
         if key in ignored:
             continue
         if key in saved and saved[key] != value:
-            found.append(f"{flag(key)} {show(saved[key])}, this sweep: {show(value)}")
+            found.append(f"{setting(key, saved[key])}, this sweep: {value_of(key, value)}")
         elif key not in saved and value != defaults[key]:
-            found.append(f"{flag(key)} not in its config.json (the default, {show(defaults[key])}), this sweep: {show(value)}")
+            default = value_of(key, defaults[key])
+            found.append(f"{flag(key)} not in its config.json (the default, {default}), this sweep: {value_of(key, value)}")
     return found
 
 

@@ -332,6 +332,20 @@ def test_games_are_named_as_ale_py_names_them_by_the_sweeps_python(workdir):
     assert not (bin_dir / "python3_ran").exists()
 
 
+def test_a_run_of_another_bool_setting_is_named_by_its_flag_and_that_flag_skips_it(workdir, fake_python):
+    """A bool setting that differs reads as the scripts' flags (`--no-anneal-lr, this sweep: --anneal-lr`); the sweep with
+    the run's flag, as the line says, takes the finished run for its own."""
+    name = "BreakoutNoFrameskip-v4__ppo_atari_hadamard__tanh__1"
+    (workdir / "runs" / name).mkdir(parents=True)
+    (workdir / "runs" / name / "config.json").write_text(json.dumps({"anneal_lr": False}))  # the rest: the defaults
+    (workdir / "runs" / name / "done.json").write_text("{}")
+    sweep = ["--scripts", "ppo", "--games", "Breakout", "--variants", "tanh", "--seeds", "1", "--dry-run"]
+    line = one_line_failure(bench(*sweep, cwd=workdir, PYTHON=fake_python))
+    assert f"runs/{name} holds a run with other settings (--no-anneal-lr, this sweep: --anneal-lr): run this" in line, line
+    result = bench(*sweep, "--", "--no-anneal-lr", cwd=workdir, PYTHON=fake_python)
+    assert commands(result) == [] and "1 finished (skipped)" in result.stdout, result.stdout
+
+
 def test_a_finished_run_of_another_budget_is_refused_unless_skipped_or_redone(workdir, fake_python):
     """After a 50k-step sweep the same sweep at the scripts' budget stops before anything starts, naming the runs and the
     flag that differs, in every mode; --mismatched skip leaves them out, --mismatched redo moves them to runs/_replaced/
