@@ -530,7 +530,7 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
     """Two real PPO runs at once: SIGTERM, then SIGINT, to benchmark.sh reach the runs, which write their checkpoints and
     stop; the sweep waits for them and exits 143 / 130, leaving no process behind. The same command then resumes both
     from their checkpoints, appending to their logs, and they end at exactly their budget."""
-    sweep = "--scripts ppo --games Breakout --variants tanh,tanh_hr --seeds 1 --jobs 2 --total-timesteps 4096".split()
+    sweep = "--scripts ppo --games Breakout --variants tanh,tanh_hr --seeds 1 --jobs 2 --total-timesteps 2048".split()
     sweep += ["--", *SMALL_ROLLOUT, "--metrics-interval", "0"]
     names = [f"BreakoutNoFrameskip-v4__ppo_atari_hadamard__{variant}__1" for variant in ("tanh", "tanh_hr")]
     logs = [workdir / "runs" / name / "train.log" for name in names]
@@ -562,7 +562,7 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
         assert processes_in(workdir) == [], "no run or run task outlives the sweep"
         for name, log in zip(names, logs):
             step = int(re.findall(r"interrupted at step (\d+): checkpoint written", log.read_text())[-1])
-            assert f"interrupted {name} at step {step}" in stdout and 0 < step < 4096
+            assert f"interrupted {name} at step {step}" in stdout and 0 < step < 2048
             steps.append(step)
     result = bench(*sweep, cwd=workdir)
     assert result.returncode == 0 and "2 of 2 runs finished now" in result.stdout, result.stdout + result.stderr
@@ -570,7 +570,7 @@ def test_a_signal_to_the_sweep_stops_its_runs_with_checkpoints_and_the_same_comm
         text = log.read_text()
         assert [line.split()[3] for line in text.splitlines() if line.startswith("# ")] == ["start", "resume", "resume"]
         assert f"resuming from step {first} " in text and f"resuming from step {second} " in text
-        assert json.loads((workdir / "runs" / name / "done.json").read_text())["global_step"] == 4096
+        assert json.loads((workdir / "runs" / name / "done.json").read_text())["global_step"] == 2048
         assert_steps_increase(read_scalars(workdir / "runs" / name))
 
 

@@ -235,7 +235,7 @@ def test_a_checkpoint_is_checked_against_the_network_and_optimizer_before_anythi
 def test_a_finished_runs_hints_work_as_printed(workdir):
     """The same command on a finished run is one line: `give another --run-name, or remove the folder to train it again`.
     Each, done as it says, trains a run to its end."""
-    args = [*SHORT[PQN], "--run-name", "finished"]
+    args = [*SMALL_ROLLOUT, "--total-timesteps", "128", "--metrics-interval", "0", "--run-name", "finished"]  # 2 iterations
     assert run_script(PQN, *args, cwd=workdir).returncode == 0
     line = one_line_failure(run_here(PQN, *args, cwd=workdir))
     assert line.endswith("holds a finished run (done.json): give another --run-name, or remove the folder to train it again")
