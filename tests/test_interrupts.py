@@ -65,11 +65,13 @@ def test_a_second_ctrl_c_during_a_checkpoint_leaves_the_previous_one(workdir):
     assert torch.load(checkpoint, weights_only=True, mmap=True)["global_step"] == step
 
 
-def test_a_signal_during_the_evaluation_resumes_at_the_evaluation(workdir):
+@pytest.mark.parametrize("script", LONG)
+def test_a_signal_during_the_evaluation_resumes_at_the_evaluation(workdir, script):
     """Training is checkpointed before the evaluation after it: SIGTERM there exits at once with one line, and the same
-    command evaluates again from that checkpoint, with no trace of the interrupted evaluation in TensorBoard."""
-    script = "ppo_atari_hadamard.py"
-    args = [*SMALL_ROLLOUT, "--total-timesteps", "128", "--metrics-interval", "0", "--save-model", "--run-name", RESUMED]
+    command, as the line says, evaluates again from that checkpoint, with no trace of the interrupted evaluation in
+    TensorBoard."""
+    args = ["--total-timesteps", "128", "--metrics-interval", "0", "--save-model", "--run-name", RESUMED]
+    args += [*(["--learning-starts", "64", "--buffer-size", "500"] if script == "dqn_atari_hadamard.py" else SMALL_ROLLOUT)]
     args += ["--eval-episodes", "2"]  # games of a second or two: the signal comes in the first
     run = Background(script, *args, cwd=workdir)
     run.wait_for(lambda: any(line.startswith("model saved to") for line in run.out))
