@@ -298,6 +298,13 @@ def check_args(args: Args):
         fail("--start-e starts the decay that --exploration-fraction 0 leaves out (epsilon is --end-e from the first step)")
 
 
+def inert_settings(args: Args) -> set:
+    """The settings that do nothing in this command (given, check_args refuses them): a resume does not compare them, so
+    that a run saved with one (before it was refused) resumes."""
+    inert = {"metrics_batch_size"} if args.metrics_interval == args.redo_interval == 0 else set()
+    return inert | ({"start_e"} if args.exploration_fraction == 0 else set())
+
+
 # ----------------------------------------------------------------------------- environment
 def parse_env_id(env_id: str, repeat_action_probability: Optional[float]) -> tuple[str, float]:
     """`BreakoutNoFrameskip-v4`, `ALE/Breakout-v5` or `Breakout-v5` -> (ALE ROM id, sticky-action probability). Other ids of
@@ -949,13 +956,10 @@ def check_resume(run_dir: str, args: Args) -> tuple[Optional[dict], dict]:
     missing = sorted(RESUME_KEYS - resume.keys()) if resume is not None else []
     if missing:
         fail(f"{path} is not a checkpoint of {SCRIPT} (it lacks {', '.join(missing)}); the run is left as it is")
-    # a setting that does nothing in this command (given, it is refused there) is not compared: a run saved with it resumes
-    inert = {"metrics_batch_size"} if args.metrics_interval == args.redo_interval == 0 else set()
-    inert |= {"start_e"} if args.exploration_fraction == 0 else set()
-    differ = [
+    differ = [  # (a setting that does nothing in this command is not compared: a run saved with it resumes)
         key
         for key, value in asdict(args).items()
-        if key in saved and key not in RESUME_MAY_CHANGE | COMPUTED | inert and saved[key] != value
+        if key in saved and key not in RESUME_MAY_CHANGE | COMPUTED | inert_settings(args) and saved[key] != value
     ]
     if differ:
         found = ", ".join(f"{as_flag(key, saved[key])} (this command: {as_flag(key, getattr(args, key))})" for key in differ)
