@@ -204,11 +204,12 @@ class Run:
 
     def at(self, tag: str, step: int) -> float:
         """The last value of `tag` logged at or before `step`; NaN when none was logged within one metrics interval
-        before it (the run stopped logging, or the step is past its budget)."""
+        before it (the run stopped logging, or the step is past its budget). One interval before counts: DQN probes at
+        the start of a step, so its last probe of a 1M-step run is at 950k."""
         steps, values = self.curves.get(tag, (np.zeros(0, dtype=np.int64), np.zeros(0)))
         interval = self.config.get("metrics_interval") or 50_000  # the scripts' default
         i = np.searchsorted(steps, step, side="right") - 1
-        return float(values[i]) if i >= 0 and step - steps[i] < interval and step <= self.budget else math.nan
+        return float(values[i]) if i >= 0 and step - steps[i] <= interval and step <= self.budget else math.nan
 
     @property
     def last_step(self) -> int:
@@ -879,8 +880,8 @@ def write_report(
         "- **dead fraction**, **srank**: the representation's last logged `representation/dead_fraction` and "
         "`representation/srank`, mean ± standard deviation over seeds.",
         "- **representation at fixed steps**: each run's last value logged at or before the step (n/a when it logged none "
-        "within one metrics interval before it), then mean ± standard deviation (sample, n-1) over seeds; min and max over "
-        "seeds in `representation.csv`. Steps past a group's budget are left out.",
+        "within one metrics interval before it, that interval included), then mean ± standard deviation (sample, n-1) "
+        "over seeds; min and max over seeds in `representation.csv`. Steps past a group's budget are left out.",
         "- **return AUC** (learning speed): the area under a run's return curve divided by its budget: [0, total_timesteps] "
         "is cut into 100 equal step bins, each bin holds the mean raw return of the games that ended in it (a bin where no "
         "game ended takes the previous bin's value, bins before the first game the first game's), and the AUC is the mean "
