@@ -446,8 +446,9 @@ missing = sorted(set(stems) - set(speeds))
 if missing:
     print(f"duration unknown: no finished run of {', '.join(missing)} here to time")
 else:
-    hours = sum((steps - steps_done(name)) / statistics.median(speeds[stem]) for name, stem in zip(names, stems)) / 3600
-    print(f"about {hours:.1f} h of runs in all" + ("" if slurm else f", {hours / jobs:.1f} h at {jobs} at once") +
+    per_run = [(steps - steps_done(name)) / statistics.median(speeds[stem]) / 3600 for name, stem in zip(names, stems)]
+    hours, at_once = sum(per_run), max(sum(per_run) / jobs, max(per_run))  # (N at once: no sooner than the longest run)
+    print(f"about {hours:.1f} h of runs in all" + ("" if slurm else f", {at_once:.1f} h at {jobs} at once") +
           " (at the median speed of the finished runs here)")
 PY
 }

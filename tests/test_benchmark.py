@@ -232,9 +232,10 @@ def test_dry_run_estimates_the_duration_from_finished_runs(workdir):
         "step    90,000/360,000 ( 25%)  elapsed 0:15:00\ninterrupted at step 93000: checkpoint written to x; run the same"
         " command to resume\n# resume\nresuming from step 93000 (x): new games start\nstep   180,000/360,000 ( 50%)\n"
     )
-    sweep = "--dry-run --games Breakout --variants tanh --seeds 1 --total-timesteps 360000 --jobs 1".split()
+    sweep = "--dry-run --games Breakout --variants tanh --seeds 1 --total-timesteps 360000 --jobs 2".split()
     header = bench("--scripts", "ppo", *sweep, cwd=workdir).stdout.splitlines()[0]
-    assert "1 to run (1 of them interrupted" in header and "about 0.5 h of runs in all, 0.5 h at 1 at once" in header
+    # (one run left: 2 at once take as long as it does)
+    assert "1 to run (1 of them interrupted" in header and "about 0.5 h of runs in all, 0.5 h at 2 at once" in header
 
 
 def test_flags_environment_and_passthrough(workdir):
