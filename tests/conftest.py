@@ -1,6 +1,7 @@
 """Shared test helpers: run a training script end to end in a temporary folder, read its TensorBoard events back."""
 
 import contextlib
+import difflib
 import gc
 import io
 import json
@@ -135,6 +136,23 @@ def help_example(help_text: str, script: str) -> list[str]:
     """The flags of the example run that `script --help` prints (its one line `python <script> ...`)."""
     (line,) = [line.strip() for line in help_text.splitlines() if line.strip().startswith(f"python {script} ")]
     return shlex.split(line)[2:]
+
+
+def with_close_match(message: str, args: list) -> Optional[list]:
+    """`args` as a `did you mean X` in `message` says: the word closest to X (the typo) replaced by X, the first close
+    match named; None when the message names none."""
+    meant = re.search(r"did you mean ([^,? ]+)", message)
+    if meant is None:
+        return None
+    typo = difflib.get_close_matches(meant.group(1), args, n=1)[0]
+    return [meant.group(1) if arg == typo else arg for arg in args]
+
+
+def probe_off(args: list) -> list:
+    """`args` with the probe off: `--metrics-interval 0`, and no `--metrics-batch-size` (refused with the metrics off)."""
+    probe = ("--metrics-interval", "--metrics-batch-size")  # each with its value after it
+    kept = [arg for i, arg in enumerate(args) if arg not in probe and (i == 0 or args[i - 1] not in probe)]
+    return [*kept, "--metrics-interval", "0"]
 
 
 def one_line_failure(result: subprocess.CompletedProcess) -> str:

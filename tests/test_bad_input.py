@@ -1,7 +1,6 @@
 """Bad input to the three training scripts: each is one line on stderr and a non-zero exit before anything is written."""
 
 import dataclasses
-import difflib
 import json
 import re
 import shlex
@@ -14,7 +13,7 @@ import tyro
 import dqn_atari_hadamard as dqn
 import ppo_atari_hadamard as ppo
 import pqn_atari_hadamard as pqn
-from conftest import help_example, one_line_failure, read_config, run_fails, run_here, run_ok, run_script
+from conftest import help_example, one_line_failure, read_config, run_fails, run_here, run_ok, run_script, with_close_match
 
 PPO, DQN, PQN = "ppo_atari_hadamard.py", "dqn_atari_hadamard.py", "pqn_atari_hadamard.py"
 SCRIPTS = [PPO, DQN, PQN]
@@ -59,11 +58,9 @@ BAD_FLAGS = [
 def test_bad_flags_are_one_line_errors(workdir, script, flags, message):
     line = run_fails(script, *flags, cwd=workdir)
     assert line.startswith("error: ") and message in line, line
-    meant = re.search(r"did you mean ([^,? ]+)", line)
-    if meant:  # given instead of the typo, as the line says, the close match is a valid command
-        typo = difflib.get_close_matches(meant.group(1), flags, n=1)[0]
-        module = MODULES[script]
-        module.check_args(tyro.cli(module.Args, args=[meant.group(1) if flag == typo else flag for flag in flags]))
+    followed = with_close_match(line, flags)
+    if followed:  # given instead of the typo, as the line says, the close match is a valid command
+        MODULES[script].check_args(tyro.cli(MODULES[script].Args, args=followed))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -2,7 +2,6 @@
 python whose training runs only write what a finished run writes (the sweep's own checks run on the real python); one
 test runs the quick profile end to end with tiny budgets, PPO for real, and its report."""
 
-import difflib
 import json
 import math
 import os
@@ -17,7 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SCRIPT_ENV, SMALL_ROLLOUT, assert_steps_increase, one_line_failure, read_scalars, snapshot
+from conftest import (
+    ROOT,
+    SCRIPT_ENV,
+    SMALL_ROLLOUT,
+    assert_steps_increase,
+    one_line_failure,
+    read_scalars,
+    snapshot,
+    with_close_match,
+)
 from test_report import row
 
 BENCHMARK = ROOT / "benchmark.sh"
@@ -201,11 +209,9 @@ def test_bad_options_stop_before_anything_runs(workdir, fake_python, args, env, 
         and message in result.stderr
     )
     assert sorted(path.name for path in workdir.iterdir()) == ["fake_python"], "nothing written"
-    meant = re.search(r"did you mean ([^,? ]+)", result.stderr)
-    if meant:  # the first close match, given instead of the typo as the line says, makes a sweep that starts
-        typo = difflib.get_close_matches(meant.group(1), args, n=1)[0]
-        fixed = [meant.group(1) if arg == typo else arg for arg in args]
-        assert commands(bench("--dry-run", *fixed, cwd=workdir, PYTHON=fake_python, **env)), fixed
+    followed = with_close_match(result.stderr, args)
+    if followed:  # the first close match, given instead of the typo as the line says, makes a sweep that starts
+        assert commands(bench("--dry-run", *followed, cwd=workdir, PYTHON=fake_python, **env)), followed
 
 
 def test_dry_run_estimates_the_duration_from_finished_runs(workdir):

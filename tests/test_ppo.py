@@ -24,6 +24,7 @@ from conftest import (
     assert_restores,
     assert_rollout_run_resumed_as_one,
     help_example,
+    probe_off,
     read_config,
     read_scalars,
     run_fails,
@@ -325,8 +326,7 @@ def test_the_example_that_help_and_the_readme_give_runs_as_printed(workdir):
 
 
 def test_compiled_update_runs_and_logs_losses(workdir):
-    unprobed = [*TINY[: TINY.index("--metrics-interval")], "--metrics-interval", "0"]  # (no --metrics-batch-size either)
-    scalars = read_scalars(run_ok(SCRIPT, *unprobed, "--compile", cwd=workdir))
+    scalars = read_scalars(run_ok(SCRIPT, *probe_off(TINY), "--compile", cwd=workdir))
     assert all(math.isfinite(value) for _, value in scalars["losses/value_loss"])
     assert not any(tag.startswith("representation/") for tag in scalars), "--metrics-interval 0 turns the probe off"
 

@@ -17,6 +17,7 @@ from conftest import (
     assert_progress_and_outputs,
     assert_restores,
     assert_rollout_run_resumed_as_one,
+    probe_off,
     read_config,
     read_scalars,
     run_fails,
@@ -237,9 +238,8 @@ def test_fire_on_life_loss_on_the_real_env():
 
 def test_compiled_loss_gives_the_eager_losses(workdir):
     losses = {}
-    unprobed = [*TINY[: TINY.index("--metrics-interval")], "--metrics-interval", "0"]  # (no --metrics-batch-size either)
     for flags in ((), ("--compile",)):
-        run_dir = run_ok(SCRIPT, *unprobed, *flags, "--run-name", "run", cwd=subdir(workdir, str(len(flags))))
+        run_dir = run_ok(SCRIPT, *probe_off(TINY), *flags, "--run-name", "run", cwd=subdir(workdir, str(len(flags))))
         losses[flags] = [value for _, value in read_scalars(run_dir)["losses/td_loss"]]
     assert read_config(run_dir)["compile"]
     assert losses[("--compile",)] == pytest.approx(losses[()], rel=1e-3)
