@@ -34,6 +34,8 @@ SHARED = {
     "ACTIVATIONS": (SCRIPTS, None),
     "Hadamard": (SCRIPTS, None),
     "num_parameters": (SCRIPTS, None),
+    # the flags that hints name, as a command line gives them
+    "as_flag": (SCRIPTS, None),
     # model files: loading them, and the network they describe (its constructor is the algorithm's)
     "load_model": (SCRIPTS, None),
     "build_network": (SCRIPTS, r"(?s)    network = (Agent|QNetwork)\(.*?\)\n(?=    try:)"),
