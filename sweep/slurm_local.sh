@@ -28,6 +28,9 @@ sock=$dir/munge/munge.socket
 pidfiles=("$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid")
 alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 node_state() { SLURM_CONF=$conf sinfo -h -n localhost -o %T 2>/dev/null || true; }
+# the lines a user types, quoted as the shell reads them back
+export_line() { printf 'export SLURM_CONF=%q\n' "$conf"; }
+stop_command=$(printf 'bash %q stop %q' "$0" "$dir")
 
 stop_pids() {  # TERM the daemons behind the given pid files, wait, then KILL
   local pf pids=()
@@ -66,10 +69,10 @@ fi
 n=0; for pf in "${pidfiles[@]}"; do alive "$pf" && n=$((n + 1)); done
 if ((n == 3)); then
   st=$(node_state)
-  [[ $st =~ ^(idle|mix|alloc) ]] || die "daemons of $dir running but node is '$st'; run: slurm_local.sh stop $dir"
-  echo "export SLURM_CONF=$conf"; exit 0
+  [[ $st =~ ^(idle|mix|alloc) ]] || die "daemons of $dir running but node is '$st'; run: $stop_command"
+  export_line; exit 0
 fi
-((n == 0)) || die "daemons of $dir partly running; run: slurm_local.sh stop $dir"
+((n == 0)) || die "daemons of $dir partly running; run: $stop_command"
 
 # munged checks that every directory above its socket is world-executable;
 # -f lets it start anyway (e.g. DIR from mktemp -d is 0700). Clients are root.
@@ -128,7 +131,7 @@ slurmctld -f "$conf" || die "slurmctld failed: $(tail -n 5 "$dir/log/slurmctld.l
 slurmd -f "$conf" -N localhost || die "slurmd failed: $(tail -n 5 "$dir/log/slurmd.log" 2>/dev/null)"
 
 for _ in $(seq 60); do
-  [[ $(node_state) == idle ]] && { echo "export SLURM_CONF=$conf"; exit 0; }
+  [[ $(node_state) == idle ]] && { export_line; exit 0; }
   sleep 0.5
 done
 {

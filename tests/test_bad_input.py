@@ -1,9 +1,11 @@
 """Bad input to the three training scripts: each is one line on stderr and a non-zero exit before anything is written."""
 
 import dataclasses
+import importlib.metadata
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,17 @@ import tyro
 import dqn_atari_hadamard as dqn
 import ppo_atari_hadamard as ppo
 import pqn_atari_hadamard as pqn
-from conftest import help_example, one_line_failure, read_config, run_fails, run_here, run_ok, run_script, with_close_match
+from conftest import (
+    ROOT,
+    help_example,
+    one_line_failure,
+    read_config,
+    run_fails,
+    run_here,
+    run_ok,
+    run_script,
+    with_close_match,
+)
 
 PPO, DQN, PQN = "ppo_atari_hadamard.py", "dqn_atari_hadamard.py", "pqn_atari_hadamard.py"
 SCRIPTS = [PPO, DQN, PQN]
@@ -100,6 +112,18 @@ def test_help_lists_the_flags_but_not_the_computed_fields(workdir, script):
     for field in dataclasses.fields(MODULES[script].Args):  # every other field is a flag (a bool's is --name or --no-name)
         assert (f"--{field.name.replace('_', '-')}" in flags) == (field.name not in computed), field.name
     assert not (workdir / "runs").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_track_without_wandb_says_to_install_the_package_that_gives_it(workdir, script, monkeypatch):
+    """--track where wandb cannot be imported is one line: `pip install wandb`. The package it names is the one that gives
+    the module, and requirements.txt installs it."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError, as where it is not installed
+    line = run_fails(script, "--track", cwd=workdir)
+    assert line == "error: --track needs wandb: pip install wandb", line
+    package = line.split("pip install ")[1]
+    assert package in importlib.metadata.packages_distributions()["wandb"]
+    assert re.search(rf"^{package}>=", (ROOT / "requirements.txt").read_text(), re.M)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -33,21 +33,31 @@ def starts(run_dir) -> list:
 @pytest.mark.parametrize("script", SHORT)
 def test_a_run_without_run_name_is_its_folders_only_writer_and_resumes_as_its_interrupt_line_says(workdir, script):
     """The Quick start's path: a run without --run-name. While it runs (here stopped, still holding its folder), a second
-    process on the same folder is one line and an exit, writing nothing. SIGTERM: the interrupt line's hint, appended to
-    the same command as it says, resumes the run (whose checkpoint holds --run-name None) to its end; a stale
-    checkpoint.pt.tmp of a killed writer goes, and so does the finished run's checkpoint (no --keep-checkpoint)."""
+    process on the same folder is one line and an exit, writing nothing; another --run-name, as the line says, trains, and
+    the same command once the run has ended resumes it. SIGTERM: the interrupt line's hint, appended to the same command
+    as it says, resumes the run (whose checkpoint holds --run-name None) to its end; a stale checkpoint.pt.tmp of a killed
+    writer goes, and so does the finished run's checkpoint (no --keep-checkpoint)."""
     run = Background(script, *SHORT[script], cwd=workdir)
     run.wait_for(lambda: any(line.startswith("step ") for line in run.out))
     run_name = next(line for line in run.out if " representation, " in line).split(":")[0]
     run_dir = workdir / "runs" / run_name
+    second = [*SHORT[script], "--run-name", run_name]
     run.process.send_signal(signal.SIGSTOP)
     try:
-        second = run_here(script, *SHORT[script], "--run-name", run_name, cwd=workdir)
+        line = one_line_failure(run_here(script, *second, cwd=workdir))
+        assert re.fullmatch(
+            rf"error: runs/{run_name} is in use by another process \(its start: .* pid {run.process.pid} on .*\): "
+            r"wait for it to end, or give another --run-name",
+            line,
+        ), line
+        another = Background(script, *SHORT[script], "--run-name", "another", cwd=workdir)  # as the line says: it trains
+        another.wait_for(lambda: any(line.startswith("step ") for line in another.out))
+        another.process.kill()
+        another.finish()
     finally:
         run.process.send_signal(signal.SIGCONT)
-    line = one_line_failure(second)
-    assert line.startswith(f"error: runs/{run_name} is in use by another process (its start: ") and "pid" in line, line
-    assert len(starts(run_dir)) == 1
+    assert len(starts(run_dir)) == 1 and len(starts(workdir / "runs" / "another")) == 1
+    shutil.rmtree(workdir / "runs" / "another")
     run.process.send_signal(signal.SIGTERM)
     interrupted = run.finish()
     assert interrupted.returncode == 143 and "Traceback" not in interrupted.stderr, interrupted.stderr[-3000:]
@@ -62,6 +72,7 @@ def test_a_run_without_run_name_is_its_folders_only_writer_and_resumes_as_its_in
     (run_dir / "checkpoint.pt.tmp").write_bytes(b"left by a process killed while it wrote a checkpoint")
 
     follow = shlex.split(match.group(2).removeprefix("with "))  # "with --run-name <name>"
+    assert [*SHORT[script], *follow] == second  # the in-use line's "wait for it to end", then the same command: it resumes
     resumed = run_script(script, *SHORT[script], *follow, cwd=workdir)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resuming from step {match.group(1)} " in resumed.stdout

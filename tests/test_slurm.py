@@ -34,7 +34,8 @@ def free_ports(count: int) -> list[int]:
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """The environment that points sbatch, squeue and scontrol at a one-node cluster started for these tests, on ports of
-    its own: each test worker (pytest-xdist) that runs one of them has its cluster, as has a suite run beside this one."""
+    its own, as the line slurm_local.sh prints last sets it: each test worker (pytest-xdist) that runs one of them has its
+    cluster, as has a suite run beside this one."""
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (munged, slurmctld and slurmd run as root)")
     if not shutil.which("slurmctld", path=os.environ["PATH"] + ":/usr/sbin:/sbin"):
@@ -47,7 +48,10 @@ def slurm(tmp_path_factory):
             ["bash", str(SLURM_LOCAL), "start", str(folder)], env=ports, capture_output=True, text=True, timeout=120
         )
         assert started.returncode == 0, started.stdout + started.stderr
-        yield {**SCRIPT_ENV, "PYTHON": sys.executable, "SLURM_CONF": str(folder / "slurm.conf")}
+        export = started.stdout.strip().splitlines()[-1]  # the line a user types to point Slurm's commands at it
+        conf = subprocess.run(["bash", "-c", f'{export} && printf %s "$SLURM_CONF"'], capture_output=True, text=True).stdout
+        assert export.startswith("export ") and Path(conf) == folder / "slurm.conf", export
+        yield {**SCRIPT_ENV, "PYTHON": sys.executable, "SLURM_CONF": conf}
     finally:  # (a start that failed half way leaves daemons too)
         subprocess.run(["bash", str(SLURM_LOCAL), "stop", str(folder)], capture_output=True, timeout=120)
 
