@@ -1398,16 +1398,6 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            # Representation metrics on the most recent states in the replay memory (no random draw: metrics never
-            # change the run)
-            if next_probe_step is not None and global_step >= next_probe_step:
-                probe_obs = rb.recent_observations(probe_size)
-                if probe_obs is not None:
-                    probe_obs = torch.from_numpy(probe_obs).to(device)
-                    for tag, value in common_metrics.probe(q_network, probe_obs, q_network.hidden_layers(), "fc").items():
-                        writer.add_scalar(tag, value, global_step)
-                    next_probe_step = (global_step // args.metrics_interval + 1) * args.metrics_interval
-
             # ReDo once training has begun, on the probe's states (the replay memory's most recent)
             if next_redo_step is not None and global_step >= max(next_redo_step, learning_starts):
                 redo_obs = rb.recent_observations(probe_size)
@@ -1444,6 +1434,15 @@ if __name__ == "__main__":
                 recent_returns.append(episodic_return)
             obs = next_obs
             global_step += n
+            # Representation metrics of the network as it is at this step (the final one's too), on the most recent
+            # states in the replay memory (no random draw: metrics never change the run)
+            if next_probe_step is not None and global_step >= next_probe_step:
+                probe_obs = rb.recent_observations(probe_size)
+                if probe_obs is not None:
+                    probe_obs = torch.from_numpy(probe_obs).to(device)
+                    for tag, value in common_metrics.probe(q_network, probe_obs, q_network.hidden_layers(), "fc").items():
+                        writer.add_scalar(tag, value, global_step)
+                    next_probe_step = (global_step // args.metrics_interval + 1) * args.metrics_interval
             if time.time() - last_print > 10 or global_step >= args.total_timesteps:
                 last_print = time.time()
                 sps = int((global_step - start_step) / (time.time() - start_time))

@@ -204,8 +204,8 @@ class Run:
 
     def at(self, tag: str, step: int) -> float:
         """The last value of `tag` logged at or before `step`; NaN when none was logged within one metrics interval
-        before it (the run stopped logging, or the step is past its budget). One interval before counts: DQN probes at
-        the start of a step, so its last probe of a 1M-step run is at 950k."""
+        before it (the run stopped logging, or the step is past its budget). One interval before counts: DQN runs made
+        before the DQN script probed its final network end at 950k of 1M."""
         steps, values = self.curves.get(tag, (np.zeros(0, dtype=np.int64), np.zeros(0)))
         interval = self.config.get("metrics_interval") or 50_000  # the scripts' default
         i = np.searchsorted(steps, step, side="right") - 1

@@ -362,9 +362,9 @@ def test_tiny_run_logs_every_metric(workdir, flags, variant):
     for tag in representation_tags | {"charts/SPS", "losses/td_loss", "losses/q_values", "charts/epsilon"}:
         assert tag in scalars, f"{tag} not logged"
         assert all(math.isfinite(value) for _, value in scalars[tag]), tag
-    # the first probe as soon as the buffer holds 32 states (at initialisation), then every 100 steps
+    # the first probe as soon as the buffer holds 32 states (at initialisation), then every 100 steps, the final network's too
     num_envs = config["num_envs"]
-    assert [step for step, _ in scalars["representation/srank"]] == [(-(-32 // num_envs) - 1) * num_envs, 100, 200]
+    assert [step for step, _ in scalars["representation/srank"]] == [(-(-32 // num_envs) - 1) * num_envs, 100, 200, 300]
     # training starts after step 100; losses every 100 steps, from the first logging step after training starts
     assert [step for step, _ in scalars["losses/td_loss"]] == [200]
     assert scalars["charts/SPS"][-1][1] > 0
