@@ -340,7 +340,8 @@ def test_representation_at_fixed_steps_and_learning_speed(workdir, capsys):
         total_timesteps=600_000,
         metrics_interval=100_000,
     )
-    # a DQN run's last probe is one interval before its budget (as the DQN script made before it probed its final network): it counts there
+    # a DQN run's last probe one interval before its budget (as the DQN script made them before it probed its final
+    # network) counts there
     make_run(runs, "dqn", "tanh", "PongNoFrameskip-v4", 1, returns=[1.0], dead=[0.1 * i for i in range(7)],
              srank=[50.0] * 7, metric_every=100_000, total_timesteps=700_000, metrics_interval=100_000)  # fmt: skip
     markdown, _ = report(runs, workdir / "out", capsys, "--steps", "250k,500k,700k,1M", "--window", "3")
