@@ -178,6 +178,29 @@ def test_a_full_disk_at_start_is_one_line(workdir):
     ), line
 
 
+def test_a_folder_written_while_the_command_started_is_one_line_and_the_command_again_takes_it(tmp_path):
+    """Between a start's look at its run folder (what decides a fresh start or a resume) and its lock on it, another
+    process that wrote the folder and ended is one line, with nothing written: `run the command again`, which looks at the
+    folder as it is now and takes it."""
+    import pqn_atari_hadamard as pqn
+
+    run_dir = str(tmp_path / "run")
+    checked = pqn.folder_state(run_dir)  # empty: a fresh start
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:  # another start of the run, meanwhile
+        f.write("{}")
+    with pytest.raises(
+        SystemExit,
+        match=rf"^error: {re.escape(run_dir)} changed while this command started \(another process wrote it meanwhile\): "
+        r"run the command again$",
+    ):
+        pqn.own_run_folder(run_dir, checked, "start")
+    assert (tmp_path / "run" / "starts.log").read_text() == ""
+    starts_log, count = pqn.own_run_folder(run_dir, pqn.folder_state(run_dir), "start")  # the command again
+    starts_log.close()
+    assert count == 1 and len(starts(tmp_path / "run")) == 1
+
+
 def test_cuda_generator_states_restore_what_fits():
     """A checkpoint saves one CUDA generator state per visible GPU: where fewer are visible, each visible device gets its
     own saved state and the current device always gets one; a checkpoint written on a CPU restores none."""
