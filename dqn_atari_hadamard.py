@@ -774,6 +774,18 @@ def update_target(target_network, q_network, tau: float):
         target_param.data.copy_(tau * param.data + (1.0 - tau) * target_param.data)
 
 
+def log_probe(writer, q_network, rb, probe_size: int, global_step: int, device) -> bool:
+    """The representation metrics of `q_network` on the replay memory's `probe_size` most recent states (no random draw:
+    metrics never change the run), logged at `global_step`; False, with nothing logged, while it holds fewer."""
+    probe_obs = rb.recent_observations(probe_size)
+    if probe_obs is None:
+        return False
+    probe_obs = torch.from_numpy(probe_obs).to(device)
+    for tag, value in common_metrics.probe(q_network, probe_obs, q_network.hidden_layers(), "fc").items():
+        writer.add_scalar(tag, value, global_step)
+    return True
+
+
 def make_optimizer(params, learning_rate: float):
     """Adam as CleanRL; the fused kernel where this torch has it (same algorithm, fewer kernel launches)."""
     try:
@@ -1398,6 +1410,11 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            # Representation metrics every --metrics-interval steps, of the network as this step's training left it
+            if next_probe_step is not None and global_step >= next_probe_step:
+                if log_probe(writer, q_network, rb, probe_size, global_step, device):
+                    next_probe_step = (global_step // args.metrics_interval + 1) * args.metrics_interval
+
             # ReDo once training has begun, on the probe's states (the replay memory's most recent)
             if next_redo_step is not None and global_step >= max(next_redo_step, learning_starts):
                 redo_obs = rb.recent_observations(probe_size)
@@ -1434,15 +1451,6 @@ if __name__ == "__main__":
                 recent_returns.append(episodic_return)
             obs = next_obs
             global_step += n
-            # Representation metrics of the network as it is at this step (the final one's too), on the most recent
-            # states in the replay memory (no random draw: metrics never change the run)
-            if next_probe_step is not None and global_step >= next_probe_step:
-                probe_obs = rb.recent_observations(probe_size)
-                if probe_obs is not None:
-                    probe_obs = torch.from_numpy(probe_obs).to(device)
-                    for tag, value in common_metrics.probe(q_network, probe_obs, q_network.hidden_layers(), "fc").items():
-                        writer.add_scalar(tag, value, global_step)
-                    next_probe_step = (global_step // args.metrics_interval + 1) * args.metrics_interval
             if time.time() - last_print > 10 or global_step >= args.total_timesteps:
                 last_print = time.time()
                 sps = int((global_step - start_step) / (time.time() - start_time))
@@ -1474,6 +1482,10 @@ if __name__ == "__main__":
                 if args.track:
                     wandb.finish(exit_code=128 + interrupts.signum)
                 sys.exit(128 + interrupts.signum)
+
+        # and the final network's, at the run's last step (the loop logs a probe at a step's start, so never there)
+        if next_probe_step is not None:
+            log_probe(writer, q_network, rb, probe_size, global_step, device)
 
         # the evaluation follows: it starts from a checkpoint of the finished training (as a kept checkpoint is)
         if args.save_model or args.capture_video or args.keep_checkpoint:
