@@ -27,16 +27,21 @@ WALL_CLOCK = {"charts/SPS"}
 
 
 def scalars(run_dir: Path) -> dict:
-    """{tag: {step: value}} of every scalar in the run's TensorBoard event files."""
+    """{tag: {step: [values, in the order logged]}} of every scalar in the run's TensorBoard event files (several games
+    can end at one step)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    logged = {}
+    for tag in events.Tags()["scalars"]:
+        for event in events.Scalars(tag):
+            logged.setdefault(tag, {}).setdefault(event.step, []).append(event.value)
+    return logged
 
 
 def train(root: Path, algo: str, flags: list, cwd: Path, name: str) -> dict:
-    command = [sys.executable, str(root / f"{algo}_atari_hadamard.py"), "--seed", "1", "--run-name", name, *flags]
+    command = [sys.executable, str(root / f"{algo}_atari_hadamard.py"), "--no-cuda", "--seed", "1", "--run-name", name, *flags]
     result = subprocess.run(command, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"error: {' '.join(command)} failed in {cwd}:\n{result.stderr[-2000:]}")
@@ -52,7 +57,7 @@ def compare(rev: dict, tree: dict) -> tuple[int, list, list]:
             differences.append(f"{tag} only {'in the working tree' if tag in tree else 'at REV'}")
             continue
         for step in sorted(set(rev[tag]) & set(tree[tag])):
-            compared += 1
+            compared += len(tree[tag][step])
             if rev[tag][step] != tree[tag][step]:
                 differences.append(f"{tag} at step {step}: {rev[tag][step]!r} at REV, {tree[tag][step]!r} now")
         for side, own, other in (("REV", rev, tree), ("working tree", tree, rev)):

@@ -46,14 +46,16 @@ def test_a_run_without_run_name_is_its_folders_only_writer_and_resumes_as_its_in
     try:
         line = one_line_failure(run_here(script, *second, cwd=workdir))
         assert re.fullmatch(
-            rf"error: runs/{run_name} is in use by another process \(its start: .* pid {run.process.pid} on .*\): "
+            rf"error: runs/{re.escape(run_name)} is in use by another process \(its start: .* pid {run.process.pid} on .*\): "
             r"wait for it to end, or give another --run-name",
             line,
         ), line
         another = Background(script, *SHORT[script], "--run-name", "another", cwd=workdir)  # as the line says: it trains
-        another.wait_for(lambda: any(line.startswith("step ") for line in another.out))
-        another.process.kill()
-        another.finish()
+        try:
+            another.wait_for(lambda: any(line.startswith("step ") for line in another.out))
+        finally:
+            another.process.kill()
+            another.finish()
     finally:
         run.process.send_signal(signal.SIGCONT)
     assert len(starts(run_dir)) == 1 and len(starts(workdir / "runs" / "another")) == 1
